@@ -1,0 +1,24 @@
+"""Small default backbones sized for the offline datasets (digits, MNIST-5k, MNIST-1D)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import nn
+
+from memkit.registry import register
+
+
+@register("model", "mlp")
+def mlp(input_shape: Sequence[int], n_classes: int, hidden: Sequence[int] = (100,)) -> nn.Module:
+    """Flatten, then ReLU hidden layers of the given widths, then a linear classifier."""
+    if n_classes < 1 or any(h < 1 for h in hidden):
+        raise ValueError(f"mlp: expected positive n_classes and hidden widths, "
+                         f"got {n_classes} and {list(hidden)}")
+    widths = [math.prod(input_shape), *hidden]
+    layers: list[nn.Module] = [nn.Flatten()]
+    for fan_in, fan_out in zip(widths, widths[1:]):
+        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+    layers.append(nn.Linear(widths[-1], n_classes))
+    return nn.Sequential(*layers)

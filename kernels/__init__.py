@@ -1,0 +1,5 @@
+"""Hot numeric routines: pure functions on tensors, each beside a plain reference."""
+
+from memkit.kernels.reservoir import reservoir_slots, reservoir_slots_reference
+
+__all__ = ["reservoir_slots", "reservoir_slots_reference"]

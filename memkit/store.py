@@ -1,0 +1,199 @@
+"""Store: the base of everything that remembers, charged in bytes to a ``Budget``.
+
+Three families share it: sample memories (``add`` / ``sample``), parameter
+memories (``consolidate`` / ``penalty``) and key/value banks (``write`` /
+``search``). This module holds the base and the sample-memory family; a
+store's ``nbytes`` is the exact size of the tensors it holds (dtype x numel),
+never an estimate.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import os
+from collections.abc import Iterator, Mapping
+
+import torch
+
+from memkit.batch import Batch, Spec
+from memkit.budget import Budget, BudgetExceeded, parse_size
+from memkit.io import load_tensors, read_manifest, save_tensors
+
+
+class Store(abc.ABC):
+    """Something that remembers. Subclasses hold tensors and say how to rebuild themselves.
+
+    A subclass implements ``tensors()`` (every tensor it holds, by name),
+    ``config()`` (the JSON-able keyword arguments that rebuild an empty store
+    of the same shape) and, when it keeps counters, ``extra_state()`` /
+    ``load_extra_state()``.
+    """
+
+    registry_name: str = ""
+    """The name this class is registered under (``memkit list`` shows it)."""
+
+    def __init__(self, budget: Budget | int | str, owner: str):
+        self.budget = budget if isinstance(budget, Budget) else Budget(budget)
+        self.owner = owner
+
+    @abc.abstractmethod
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor the store holds, by name."""
+
+    @abc.abstractmethod
+    def config(self) -> dict:
+        """JSON-able keyword arguments that rebuild an empty store of this shape."""
+
+    def extra_state(self) -> dict:
+        """JSON-able counters beside the tensors (items seen, updates made ...)."""
+        return {}
+
+    def load_extra_state(self, extra: Mapping) -> None:  # noqa: B027 - optional hook
+        """Restore what ``extra_state`` returned; raise before assigning anything."""
+
+    @property
+    def nbytes(self) -> int:
+        """Exact bytes of the tensors held: dtype size x number of elements, summed."""
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
+    def state_dict(self) -> dict:
+        return {"tensors": dict(self.tensors()), "extra": self.extra_state()}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Copy ``state`` in; on any mismatch raise before anything is modified."""
+        if set(state) != {"tensors", "extra"}:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: expected keys "
+                             f"['extra', 'tensors'], got {sorted(state)}")
+        mine, theirs = self.tensors(), state["tensors"]
+        if set(mine) != set(theirs):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: expected tensors "
+                             f"{sorted(mine)}, got {sorted(theirs)}")
+        for name, t in mine.items():
+            other = theirs[name]
+            if other.shape != t.shape or other.dtype != t.dtype:
+                raise ValueError(f"{type(self).__name__}.load_state_dict: tensor {name!r} "
+                                 f"expected {tuple(t.shape)} {t.dtype}, "
+                                 f"got {tuple(other.shape)} {other.dtype}")
+        self.load_extra_state(state["extra"])  # validates before it assigns
+        for name, t in mine.items():
+            t.copy_(theirs[name])
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the store atomically to one ``.safetensors`` file with its manifest."""
+        manifest = {"kind": "store", "store": self.registry_name,
+                    "class": f"{type(self).__module__}.{type(self).__qualname__}",
+                    "config": self.config(), "nbytes": self.nbytes,
+                    "extra": self.extra_state()}
+        save_tensors(path, self.tensors(), manifest)
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Load a file written by ``save`` of a store of this class and config.
+
+        A truncated, tampered or other-class file raises ``StoreFormatError`` or
+        ``ValueError`` and leaves this store unchanged.
+        """
+        manifest = read_manifest(path)
+        expected = f"{type(self).__module__}.{type(self).__qualname__}"
+        if manifest.get("class") != expected:
+            raise ValueError(f"{path}: holds a {manifest.get('class')!r}, expected {expected!r}")
+        config = self.config()
+        if manifest.get("config") != config:
+            diff = sorted(k for k in {**config, **manifest.get("config", {})}
+                          if config.get(k) != manifest.get("config", {}).get(k))
+            raise ValueError(f"{path}: saved with a different configuration (keys {diff}); "
+                             f"expected {config}, got {manifest.get('config')}")
+        tensors, manifest = load_tensors(path)
+        self.load_state_dict({"tensors": tensors, "extra": manifest.get("extra", {})})
+
+    def release(self) -> None:
+        """Give this store's bytes back to its budget (the store must not be used after)."""
+        self.budget.release(self.owner)
+
+
+class SampleMemory(Store):
+    """A store of items (rows of a ``Batch``) in preallocated slots.
+
+    Capacity in items is derived from bytes: the allotment (``nbytes``, or all
+    that is free in the budget) divided by the bytes one item costs under the
+    spec, rounded down. The whole capacity is allocated and charged up front,
+    so ``nbytes`` never changes and never exceeds what was charged.
+    """
+
+    def __init__(self, spec: Spec, budget: Budget | int | str, *, owner: str = "memory",
+                 nbytes: int | str | None = None):
+        super().__init__(budget, owner)
+        self.spec = normalize_spec(spec)
+        self.item_nbytes = sum(math.prod(shape) * dtype.itemsize
+                               for shape, dtype in self.spec.values())
+        allotment = self.budget.free if nbytes is None else parse_size(nbytes)
+        self.capacity = allotment // self.item_nbytes if self.item_nbytes else 0
+        if self.capacity < 1:
+            raise BudgetExceeded(owner, self.item_nbytes, allotment, self.budget.capacity)
+        self.budget.charge(owner, self.capacity * self.item_nbytes)
+        self._slots = {name: torch.zeros((self.capacity, *shape), dtype=dtype)
+                       for name, (shape, dtype) in self.spec.items()}
+        self._size = 0
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return self._slots
+
+    def __len__(self) -> int:
+        return self._size
+
+    @abc.abstractmethod
+    def add(self, batch: Batch) -> Batch:
+        """Offer ``batch`` to the memory; return the stored items it evicted."""
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Batch:
+        """``min(n, len)`` stored items drawn uniformly without replacement."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"sample: expected a non-negative int, got {n!r}")
+        if self._size == 0:
+            raise ValueError(f"sample: the {type(self).__name__} is empty")
+        index = torch.randperm(self._size, generator=generator)[:n]
+        return self._read(index)
+
+    def batches(self, size: int) -> Iterator[Batch]:
+        """The stored items, in slot order, in minibatches of at most ``size``."""
+        for start in range(0, self._size, size):
+            yield self._read(slice(start, min(start + size, self._size)))
+
+    def _read(self, index) -> Batch:
+        return Batch(**{name: t[index] for name, t in self._slots.items()})
+
+    def _write(self, slots: torch.Tensor, rows: Batch) -> None:
+        for name, t in self._slots.items():
+            t[slots] = rows[name].to(t.dtype)
+
+    def _check(self, batch: Batch) -> None:
+        if not isinstance(batch, Batch):
+            raise TypeError(f"{type(self).__name__}.add: expected a Batch, "
+                            f"got {type(batch).__name__}")
+        batch.check(self.spec, where=f"{type(self).__name__}.add")
+
+
+def normalize_spec(spec) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Accept ``{field: (shape, dtype)}`` with torch dtypes or their names ('float32')."""
+    if not isinstance(spec, Mapping) or not spec:
+        raise ValueError(f"spec: expected a non-empty mapping field -> (shape, dtype), "
+                         f"got {spec!r}")
+    out = {}
+    for name, entry in spec.items():
+        try:
+            shape, dtype = entry
+            shape = tuple(int(d) for d in shape)
+        except (TypeError, ValueError):
+            raise ValueError(f"spec[{name!r}]: expected (shape, dtype), got {entry!r}") from None
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype, None)
+        if not isinstance(dtype, torch.dtype) or any(d < 1 for d in shape):
+            raise ValueError(f"spec[{name!r}]: expected positive dims and a torch dtype, "
+                             f"got {entry!r}")
+        out[name] = (shape, dtype)
+    return out
+
+
+def spec_to_json(spec: Spec) -> dict[str, list]:
+    return {name: [list(shape), str(dtype).removeprefix("torch.")]
+            for name, (shape, dtype) in spec.items()}
