@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -18,7 +19,7 @@ def mlp(input_shape: Sequence[int], n_classes: int, hidden: Sequence[int] = (100
                          f"got {n_classes} and {list(hidden)}")
     widths = [math.prod(input_shape), *hidden]
     layers: list[nn.Module] = [nn.Flatten()]
-    for fan_in, fan_out in zip(widths, widths[1:]):
+    for fan_in, fan_out in itertools.pairwise(widths):
         layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
     layers.append(nn.Linear(widths[-1], n_classes))
     return nn.Sequential(*layers)

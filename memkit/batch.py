@@ -42,7 +42,8 @@ class Batch(Mapping[str, torch.Tensor]):
             try:
                 return self._fields[key]
             except KeyError:
-                raise KeyError(f"Batch has no field {key!r}; fields: {list(self._fields)}") from None
+                known = list(self._fields)
+                raise KeyError(f"Batch has no field {key!r}; fields: {known}") from None
         return Batch(**{name: t[_row_index(key)] for name, t in self._fields.items()})
 
     def __getattr__(self, name: str) -> torch.Tensor:
@@ -51,7 +52,8 @@ class Batch(Mapping[str, torch.Tensor]):
         try:
             return self._fields[name]
         except KeyError:
-            raise AttributeError(f"Batch has no field {name!r}; fields: {list(self._fields)}") from None
+            known = list(self._fields)
+            raise AttributeError(f"Batch has no field {name!r}; fields: {known}") from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._fields)

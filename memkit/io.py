@@ -76,6 +76,12 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
             os.fsync(fh.fileno())
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
+    with atomic_path(path, Path(path).suffix) as tmp:
+        tmp.write_text(text)
+
+
 def read_manifest(path: str | os.PathLike) -> dict:
     """The manifest of a memkit file, without reading its tensors."""
     path = Path(path)

@@ -1,0 +1,114 @@
+"""The ``memkit`` command: run a config, report on runs, inspect a saved file, list parts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from memkit.budget import format_size
+from memkit.config import ConfigError, build, load_config
+from memkit.io import load_tensors, read_manifest, write_text_atomic
+from memkit.registry import available
+from memkit.report import RESULT, write_report
+from memkit.run import run
+
+CONFIG_COPY = "config.yaml"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.command(args)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"memkit: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memkit", description=__doc__)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    p = sub.add_parser("run", help="run a YAML config; checkpoints after every experience")
+    p.add_argument("config", type=Path)
+    p.add_argument("--out", type=Path, help="run folder (default: runs/<config name>)")
+    p.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(command=_run)
+    p = sub.add_parser("report", help="Markdown table and PNG plot over run folders")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    p.add_argument("--out", type=Path, help="report folder (default: the run folder, or "
+                                            "runs/report for several)")
+    p.set_defaults(command=_report)
+    p = sub.add_parser("inspect", help="a saved store's or checkpoint's manifest and bytes")
+    p.add_argument("file", type=Path)
+    p.set_defaults(command=_inspect)
+    p = sub.add_parser("list", help="registered stores, learners, models and streams")
+    p.set_defaults(command=_list)
+    return parser
+
+
+def _run(args) -> int:
+    config = load_config(args.config)
+    out = args.resume or args.out or Path("runs") / str(config.get("name", args.config.stem))
+    if args.resume is not None:
+        _check_same_config(config, args.resume)
+    setup = build(config)
+    write_text_atomic(out / CONFIG_COPY, yaml.safe_dump(config, sort_keys=False))
+    result = run(setup.stream, setup.learner, budget=setup.budget, checkpoint_dir=out,
+                 resume=args.resume is not None, progress=not args.quiet)
+    write_text_atomic(out / RESULT, result.to_json())
+    md, png = write_report([out], out)
+    print(f"## {setup.name}: {type(setup.learner).__name__} on {setup.stream.name}\n")
+    print(result.table())
+    print(f"\nbudget {format_size(setup.budget.capacity)} ({setup.budget.capacity} bytes):\n")
+    print(setup.budget.report())
+    print(f"\nwrote {out / RESULT}, {md}, {png}")
+    return 0
+
+
+def _check_same_config(config: dict, run_dir: Path) -> None:
+    saved = run_dir / CONFIG_COPY
+    if not saved.exists():
+        raise FileNotFoundError(f"--resume {run_dir}: no {CONFIG_COPY}; not a memkit run folder")
+    if yaml.safe_load(saved.read_text()) != config:
+        raise ConfigError(f"--resume {run_dir}: the config differs from {saved}, "
+                          f"which the run was started with")
+
+
+def _report(args) -> int:
+    out = args.out or (args.runs[0] if len(args.runs) == 1 else Path("runs") / "report")
+    md, png = write_report(args.runs, out)
+    print(md.read_text())
+    print(f"wrote {md}, {png}")
+    return 0
+
+
+def _inspect(args) -> int:
+    manifest = read_manifest(args.file)
+    tensors, _ = load_tensors(args.file)
+    header = {k: v for k, v in manifest.items() if k not in ("result", "store_extra")}
+    print(yaml.safe_dump(header, sort_keys=False).rstrip())
+    if "result" in manifest:
+        print(f"experiences done: {len(manifest['result']['matrix'])} of "
+              f"{manifest['experiences']}")
+    print("\n| tensor | shape | dtype | bytes |\n|---|---|---|---:|")
+    for name, t in tensors.items():
+        print(f"| {name} | {tuple(t.shape)} | {str(t.dtype)[6:]} | "
+              f"{t.numel() * t.element_size()} |")
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    print(f"\ntotal {total} bytes ({format_size(total)}); checksum verified")
+    return 0
+
+
+def _list(args) -> int:
+    for kind, names in available().items():
+        print(f"{kind}: {', '.join(names) or '(none)'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
