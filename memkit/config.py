@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from memkit.budget import Budget, parse_size
+from memkit.budget import Budget, BudgetExceeded, parse_size
 from memkit.learner import Learner
 from memkit.registry import get
 from memkit.streams import Stream
@@ -97,7 +97,10 @@ def build(config: Mapping) -> Setup:
     model = _create("model", config["model"], input_shape=stream.input_shape,
                     n_classes=stream.n_classes)
     budget = Budget(config["budget"])
-    budget.charge_model(model)
+    try:
+        budget.charge_model(model)
+    except BudgetExceeded as exc:
+        raise ConfigError(f"config.budget: too small for the model alone ({exc})") from None
     memory = None
     if config.get("memory") is not None:
         memory = _create("memory", config["memory"], spec=stream.spec, budget=budget, seed=seed)
@@ -119,7 +122,7 @@ def _create(section: str, entry, **injected):
     kwargs = {**_accepted(factory, injected), **_checked(factory, params, where)}
     try:
         return factory(**kwargs)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, BudgetExceeded) as exc:
         raise ConfigError(f"{where} ({entry['name']}): {exc}") from exc
 
 
@@ -162,6 +165,8 @@ def _matches(value, hint) -> bool:
 
 
 def _describe(hint) -> str:
+    if isinstance(hint, type):
+        return hint.__name__
     return str(hint).replace("typing.", "").replace("collections.abc.", "")
 
 

@@ -91,6 +91,10 @@ def class_incremental(X, y, n_experiences: int, *, X_test=None, y_test=None,
         raise ValueError("class_incremental: give both X_test and y_test, or neither")
     else:
         X_test, y_test = _as_xy(X_test, y_test, "X_test/y_test")
+        unseen = sorted(set(torch.unique(y_test).tolist()) - set(classes))
+        if unseen:
+            raise ValueError(f"class_incremental: y_test has classes {unseen} that the "
+                             f"training labels never show")
     order = _class_order(classes, class_order, seed)
     if not 1 <= n_experiences <= len(order):
         raise ValueError(f"class_incremental: n_experiences must be between 1 and the "
