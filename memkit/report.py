@@ -59,11 +59,16 @@ def plot(runs: dict[str, RunResult], path: str | Path) -> None:
         fig.colorbar(image, ax=ax, fraction=0.046)
     for name, r in runs.items():
         steps = range(len(r.matrix))
-        axes[n].plot(steps, r.average, marker="o", label=name)
-        axes[n + 1].plot(steps, [_bytes_used(m) for m in r.memory], marker="o", label=name)
+        line = axes[n].plot(steps, r.average, marker="o", label=name)[0]
+        axes[n + 1].plot(steps, [_bytes(m, "filled_nbytes") for m in r.memory], marker="o",
+                         color=line.get_color(), label=f"{name}: in use")
+        axes[n + 1].plot(steps, [_bytes(m, "nbytes") for m in r.memory], linestyle="--",
+                         color=line.get_color(), label=f"{name}: charged")
     axes[n].set(title=f"average {_metric(runs)}", xlabel="experience", ylim=(0, 1.02))
-    axes[n + 1].set(title="bytes held (budget used)", xlabel="experience", ylabel="bytes")
+    axes[n + 1].set(title="memory bytes (model + stores)", xlabel="experience", ylabel="bytes")
+    axes[n + 1].set_ylim(bottom=0)
     axes[n].legend(fontsize="small")
+    axes[n + 1].legend(fontsize="x-small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -81,10 +86,11 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> tuple[Path,
     return md, png
 
 
-def _bytes_used(snapshot: dict) -> int:
-    if "budget" in snapshot:
-        return snapshot["budget"]["used"]
-    return sum(s["nbytes"] for s in snapshot["stores"].values())
+def _bytes(snapshot: dict, key: str) -> int:
+    """Store bytes (``nbytes`` charged or ``filled_nbytes`` in use) plus non-store owners."""
+    stores = sum(s[key] for s in snapshot["stores"].values())
+    charged = sum(s["nbytes"] for s in snapshot["stores"].values())
+    return stores + snapshot.get("budget", {}).get("used", charged) - charged
 
 
 def _metric(runs: dict[str, RunResult]) -> str:

@@ -131,8 +131,9 @@ def _check_scores(scores, index: int) -> None:
 
 
 def _memory_snapshot(step: int, learner: Learner, budget: Budget | None) -> dict:
-    stores = {name: {"nbytes": store.nbytes, "items": len(store) if hasattr(store, "__len__")
-                     else None} for name, store in learner.stores.items()}
+    stores = {name: {"nbytes": store.nbytes, "filled_nbytes": store.filled_nbytes,
+                     "items": len(store) if hasattr(store, "__len__") else None}
+              for name, store in learner.stores.items()}
     snapshot = {"step": step, "stores": stores}
     if budget is not None:
         snapshot["budget"] = {"capacity": budget.capacity, "used": budget.used,

@@ -57,6 +57,11 @@ class Store(abc.ABC):
         """Exact bytes of the tensors held: dtype size x number of elements, summed."""
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
+    @property
+    def filled_nbytes(self) -> int:
+        """Bytes holding remembered content (all of ``nbytes`` unless the store says less)."""
+        return self.nbytes
+
     def state_dict(self) -> dict:
         return {"tensors": dict(self.tensors()), "extra": self.extra_state()}
 
@@ -140,6 +145,10 @@ class SampleMemory(Store):
 
     def __len__(self) -> int:
         return self._size
+
+    @property
+    def filled_nbytes(self) -> int:
+        return self._size * self.item_nbytes
 
     @abc.abstractmethod
     def add(self, batch: Batch) -> Batch:
