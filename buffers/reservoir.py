@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from memkit.kernels.reservoir import reservoir_slots
-
 from memkit.batch import Batch, Spec
 from memkit.budget import Budget
+from memkit.kernels.reservoir import reservoir_slots
 from memkit.registry import register
 from memkit.seeding import derive_generator
 from memkit.store import SampleMemory, spec_to_json

@@ -5,10 +5,11 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 import memkit.agents
 import memkit.buffers
 import memkit.kernels
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MAPPED = {"buffers": memkit.buffers, "agents": memkit.agents, "kernels": memkit.kernels}

@@ -2,11 +2,11 @@ import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from memkit.buffers import Reservoir
-from memkit.kernels import reservoir_slots, reservoir_slots_reference
 from scipy.stats import chisquare
 
 from memkit import Batch, Budget
+from memkit.buffers import Reservoir
+from memkit.kernels import reservoir_slots, reservoir_slots_reference
 
 SPEC = {"x": ((1,), torch.int64), "y": ((), torch.int64)}
 

@@ -2,11 +2,11 @@ import json
 
 import pytest
 import torch
-from memkit.buffers import Reservoir
 from safetensors.torch import save_file
 
 import memkit.io
 from memkit import Batch, Budget, BudgetExceeded, StoreFormatError
+from memkit.buffers import Reservoir
 from memkit.io import read_manifest
 from memkit.testing import check_store, random_batch
 
