@@ -31,8 +31,8 @@ class Reservoir(SampleMemory):
     registry_name = "reservoir"
 
     def __init__(self, spec: Spec, budget: Budget | int | str, *, owner: str = "reservoir",
-                 nbytes: int | str | None = None, seed: int = 0):
-        super().__init__(spec, budget, owner=owner, nbytes=nbytes)
+                 nbytes: int | str | None = None, codec: str = "raw", seed: int = 0):
+        super().__init__(spec, budget, owner=owner, nbytes=nbytes, codec=codec)
         self.seed = seed
         self.seen = 0
         self._adds = 0
@@ -49,12 +49,14 @@ class Reservoir(SampleMemory):
         return evicted
 
     def config(self) -> dict:
-        return {"spec": spec_to_json(self.spec), "owner": self.owner,
-                "nbytes": self.capacity * self.item_nbytes, "seed": self.seed}
+        return {"spec": spec_to_json(self.spec), "owner": self.owner, "nbytes": self.nbytes,
+                "codec": self.codec.name, "seed": self.seed}
 
     def extra_state(self) -> dict:
-        return {"seen": self.seen, "adds": self._adds}
+        return {**super().extra_state(), "seen": self.seen, "adds": self._adds}
 
     def load_extra_state(self, extra: Mapping) -> None:
-        self.seen, self._adds = int(extra["seen"]), int(extra["adds"])
+        seen, adds = int(extra["seen"]), int(extra["adds"])
+        super().load_extra_state(extra)
+        self.seen, self._adds = seen, adds
         self._size = min(self.seen, self.capacity)

@@ -18,6 +18,7 @@ import torch
 
 from memkit.batch import Batch, Spec
 from memkit.budget import Budget, BudgetExceeded, parse_size
+from memkit.codecs import Codec, get_codec
 from memkit.io import load_tensors, read_manifest, save_tensors
 
 
@@ -126,22 +127,33 @@ class SampleMemory(Store):
     """
 
     def __init__(self, spec: Spec, budget: Budget | int | str, *, owner: str = "memory",
-                 nbytes: int | str | None = None):
+                 nbytes: int | str | None = None, codec: str = "raw"):
         super().__init__(budget, owner)
         self.spec = normalize_spec(spec)
+        self.codec = _payload_codec(codec, self.spec)
+        stored = {**self.spec, "x": (self.spec["x"][0], self.codec.dtype or self.spec["x"][1])}
         self.item_nbytes = sum(math.prod(shape) * dtype.itemsize
-                               for shape, dtype in self.spec.values())
+                               for shape, dtype in stored.values())
+        self._codec_state = self.codec.state(self.spec["x"][0])
+        fixed = sum(t.numel() * t.element_size() for t in self._codec_state.values())
         allotment = self.budget.free if nbytes is None else parse_size(nbytes)
-        self.capacity = allotment // self.item_nbytes if self.item_nbytes else 0
+        self.capacity = max(allotment - fixed, 0) // self.item_nbytes
         if self.capacity < 1:
-            raise BudgetExceeded(owner, self.item_nbytes, allotment, self.budget.capacity)
-        self.budget.charge(owner, self.capacity * self.item_nbytes)
+            raise BudgetExceeded(owner, self.item_nbytes + fixed, allotment, self.budget.capacity)
+        self.budget.charge(owner, self.capacity * self.item_nbytes + fixed)
         self._slots = {name: torch.zeros((self.capacity, *shape), dtype=dtype)
-                       for name, (shape, dtype) in self.spec.items()}
+                       for name, (shape, dtype) in stored.items()}
         self._size = 0
+        self._fitted = False
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return self._slots
+        return {**self._slots, **{f"codec.{k}": v for k, v in self._codec_state.items()}}
+
+    def extra_state(self) -> dict:
+        return {"fitted": self._fitted}
+
+    def load_extra_state(self, extra: Mapping) -> None:
+        self._fitted = bool(extra["fitted"])
 
     def __len__(self) -> int:
         return self._size
@@ -169,11 +181,18 @@ class SampleMemory(Store):
             yield self._read(slice(start, min(start + size, self._size)))
 
     def _read(self, index) -> Batch:
-        return Batch(**{name: t[index] for name, t in self._slots.items()})
+        fields = {name: t[index] for name, t in self._slots.items()}
+        fields["x"] = self.codec.decode(fields["x"], self._codec_state)
+        return Batch(**fields)
 
     def _write(self, slots: torch.Tensor, rows: Batch) -> None:
+        if not self._fitted and len(rows):
+            self.codec.fit(rows.x, self._codec_state)
+            self._fitted = True
         for name, t in self._slots.items():
-            t[slots] = rows[name].to(t.dtype)
+            value = rows[name]
+            t[slots] = (self.codec.encode(value, self._codec_state) if name == "x"
+                        else value.to(t.dtype))
 
     def _check(self, batch: Batch) -> None:
         if not isinstance(batch, Batch):
@@ -201,6 +220,16 @@ def normalize_spec(spec) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
                              f"got {entry!r}")
         out[name] = (shape, dtype)
     return out
+
+
+def _payload_codec(name: str, spec: dict) -> Codec:
+    if "x" not in spec:
+        raise ValueError(f"spec: a sample memory needs the payload field 'x', got {list(spec)}")
+    codec = get_codec(name)
+    if codec.dtype is not None and not spec["x"][1].is_floating_point:
+        raise ValueError(f"codec {name!r}: needs a floating-point field 'x', "
+                         f"got {spec['x'][1]}")
+    return codec
 
 
 def spec_to_json(spec: Spec) -> dict[str, list]:

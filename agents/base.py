@@ -1,0 +1,81 @@
+"""The shared supervised loop: SGD over an experience's minibatches, with hooks per method.
+
+A learner subclasses ``SupervisedLearner`` and overrides what its paper changes:
+``loss`` (the objective on one minibatch), ``before_experience`` /
+``after_experience`` (grow a model, fill a memory, snapshot a teacher) and
+``stores``. Shuffling uses ``derive_generator(seed, experience, epoch)``, so a
+resumed run draws the same minibatches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from memkit.batch import Batch
+from memkit.budget import Budget
+from memkit.seeding import derive_generator
+from memkit.store import Store
+from memkit.streams import Experience
+
+
+class SupervisedLearner:
+    """Cross-entropy SGD on each experience; subclasses change the loss and the hooks."""
+
+    def __init__(self, model: nn.Module, *, lr: float = 0.1, momentum: float = 0.0,
+                 epochs: int = 1, batch_size: int = 32, seed: int = 0,
+                 budget: Budget | None = None):
+        if epochs < 1 or batch_size < 1 or lr <= 0:
+            raise ValueError(f"{type(self).__name__}: expected epochs >= 1, batch_size >= 1, "
+                             f"lr > 0; got epochs={epochs}, batch_size={batch_size}, lr={lr}")
+        self.model = model
+        self.lr, self.momentum, self.epochs, self.batch_size = lr, momentum, epochs, batch_size
+        self.seed = seed
+        self.budget = budget
+
+    @property
+    def stores(self) -> Mapping[str, Store]:
+        return {}
+
+    def learn(self, experience: Experience) -> None:
+        self.before_experience(experience)
+        self.model.train()
+        optimizer = self.optimizer()
+        data = experience.train
+        for epoch in range(self.epochs):
+            generator = derive_generator(self.seed, experience.index, epoch)
+            order = torch.randperm(len(data), generator=generator)
+            for rows in order.split(self.batch_size):
+                loss = self.loss(data[rows], experience, generator)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        self.after_experience(experience)
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        """A fresh optimiser per experience over the parameters that require gradients."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum)
+
+    def loss(self, batch: Batch, experience: Experience,
+             generator: torch.Generator) -> torch.Tensor:
+        return nn.functional.cross_entropy(self.model(batch.x), batch.y)
+
+    def before_experience(self, experience: Experience) -> None:
+        """Called before training on ``experience``."""
+
+    def after_experience(self, experience: Experience) -> None:
+        """Called after training on ``experience``."""
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        with torch.no_grad():
+            return self.model(x).argmax(dim=1)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
