@@ -15,10 +15,26 @@ import torch
 from torch import nn
 
 from memkit.batch import Batch
-from memkit.budget import Budget
+from memkit.budget import Budget, module_nbytes
 from memkit.seeding import derive_generator
-from memkit.store import Store
+from memkit.store import SampleMemory, Store
 from memkit.streams import Experience
+
+
+def charge_growth(budget: Budget, model: nn.Module, memory: SampleMemory | None = None,
+                  owner: str = "model") -> Batch | None:
+    """Charge a grown ``model`` to ``budget``, shrinking ``memory`` first if the bytes are short.
+
+    The MEMO paper's accounting: parameters a learner adds come out of the same
+    budget as its exemplars, so a model that grows leaves fewer exemplars.
+    Returns what the memory evicted (``None`` if it did not have to shrink).
+    """
+    short = module_nbytes(model) - budget.charged(owner) - budget.free
+    evicted = None
+    if short > 0 and memory is not None:
+        evicted = memory.resize(memory.nbytes - short)
+    budget.charge_model(model, owner)
+    return evicted
 
 
 class SupervisedLearner:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import torch
+
 from memkit.batch import Batch, Spec
 from memkit.budget import Budget
 from memkit.kernels.reservoir import reservoir_slots
@@ -48,6 +50,16 @@ class Reservoir(SampleMemory):
         self._size = min(self.seen, self.capacity)
         return evicted
 
+    def _keep(self, capacity: int) -> torch.Tensor:
+        """A uniform random subset: a uniform sample of a uniform sample stays uniform."""
+        generator = derive_generator(self.seed, self._adds, 1)
+        return torch.randperm(self._size, generator=generator)[:capacity].sort().values
+
+    def resize(self, nbytes: int | str) -> Batch:
+        evicted = super().resize(nbytes)
+        self._adds += 1  # the next draws must not repeat the ones the shrink used
+        return evicted
+
     def config(self) -> dict:
         return {"spec": spec_to_json(self.spec), "owner": self.owner, "nbytes": self.nbytes,
                 "codec": self.codec.name, "seed": self.seed}
@@ -59,4 +71,3 @@ class Reservoir(SampleMemory):
         seen, adds = int(extra["seen"]), int(extra["adds"])
         super().load_extra_state(extra)
         self.seen, self._adds = seen, adds
-        self._size = min(self.seen, self.capacity)

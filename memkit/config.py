@@ -103,10 +103,25 @@ def build(config: Mapping) -> Setup:
         raise ConfigError(f"config.budget: too small for the model alone ({exc})") from None
     memory = None
     if config.get("memory") is not None:
-        memory = _create("memory", config["memory"], spec=stream.spec, budget=budget, seed=seed)
+        memory = _create("memory", config["memory"], spec=memory_spec(config, stream),
+                         budget=budget, seed=seed)
     learner = _create("learner", config["learner"], model=model, memory=memory, seed=seed,
                       budget=budget)
     return Setup(str(config.get("name", "run")), seed, stream, learner, budget)
+
+
+def memory_spec(config: Mapping, stream: Stream) -> dict:
+    """The stream's item spec plus the fields the learner keeps with each item.
+
+    A learner class may declare ``memory_fields(n_classes) -> spec`` (dark
+    experience replay stores logits with every exemplar).
+    """
+    name = config["learner"].get("name") if isinstance(config["learner"], Mapping) else None
+    try:
+        fields = getattr(get("learner", name), "memory_fields", None)
+    except KeyError as exc:
+        raise ConfigError(f"config.learner.name: {exc.args[0]}") from None
+    return {**stream.spec, **(fields(stream.n_classes) if fields else {})}
 
 
 def _create(section: str, entry, **injected):

@@ -164,10 +164,10 @@ def _restore(path: Path, stream: Stream, learner: Learner) -> RunResult:
     if expected != found:
         raise ValueError(f"{path}: checkpoint of (stream, experiences, learner) {found}, "
                          f"cannot resume {expected}")
-    learner.load_state_dict(_prefixed(tensors, "learner/"))
-    for name, store in learner.stores.items():
+    for name, store in learner.stores.items():  # stores first: a shrunk memory frees bytes
         store.load_state_dict({"tensors": _prefixed(tensors, f"stores/{name}/"),
                                "extra": manifest["store_extra"][name]})
+    learner.load_state_dict(_prefixed(tensors, "learner/"))
     torch.set_rng_state(tensors["rng/torch"])
     result = manifest["result"]
     result.pop("summary", None)

@@ -34,6 +34,9 @@ class Store(abc.ABC):
     registry_name: str = ""
     """The name this class is registered under (``memkit list`` shows it)."""
 
+    resizable: tuple[str, ...] = ()
+    """Config keys in which a saved state may differ from this store's config."""
+
     def __init__(self, budget: Budget | int | str, owner: str):
         self.budget = budget if isinstance(budget, Budget) else Budget(budget)
         self.owner = owner
@@ -77,13 +80,26 @@ class Store(abc.ABC):
                              f"{sorted(mine)}, got {sorted(theirs)}")
         for name, t in mine.items():
             other = theirs[name]
-            if other.shape != t.shape or other.dtype != t.dtype:
+            if self._expected_shape(name, t, other) != other.shape or other.dtype != t.dtype:
                 raise ValueError(f"{type(self).__name__}.load_state_dict: tensor {name!r} "
                                  f"expected {tuple(t.shape)} {t.dtype}, "
                                  f"got {tuple(other.shape)} {other.dtype}")
+        self._check_adoptable(theirs, state["extra"])
         self.load_extra_state(state["extra"])  # validates before it assigns
-        for name, t in mine.items():
-            t.copy_(theirs[name])
+        self._adopt(theirs)
+
+    def _expected_shape(self, name: str, mine: torch.Tensor, theirs: torch.Tensor) -> torch.Size:
+        """The shape a saved tensor must have (a resizable store accepts another length)."""
+        return mine.shape
+
+    def _check_adoptable(self, tensors: Mapping[str, torch.Tensor],  # noqa: B027 - a hook
+                         extra: Mapping) -> None:
+        """Raise if ``tensors`` cannot be taken over (e.g. not enough budget); change nothing."""
+
+    def _adopt(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Take over validated tensors."""
+        for name, t in self.tensors().items():
+            t.copy_(tensors[name])
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the store atomically to one ``.safetensors`` file with its manifest."""
@@ -103,10 +119,10 @@ class Store(abc.ABC):
         expected = f"{type(self).__module__}.{type(self).__qualname__}"
         if manifest.get("class") != expected:
             raise ValueError(f"{path}: holds a {manifest.get('class')!r}, expected {expected!r}")
-        config = self.config()
-        if manifest.get("config") != config:
-            diff = sorted(k for k in {**config, **manifest.get("config", {})}
-                          if config.get(k) != manifest.get("config", {}).get(k))
+        config, saved = self.config(), manifest.get("config", {})
+        diff = sorted(k for k in {**config, **saved}
+                      if config.get(k) != saved.get(k) and k not in self.resizable)
+        if diff:
             raise ValueError(f"{path}: saved with a different configuration (keys {diff}); "
                              f"expected {config}, got {manifest.get('config')}")
         tensors, manifest = load_tensors(path)
@@ -121,39 +137,125 @@ class SampleMemory(Store):
     """A store of items (rows of a ``Batch``) in preallocated slots.
 
     Capacity in items is derived from bytes: the allotment (``nbytes``, or all
-    that is free in the budget) divided by the bytes one item costs under the
-    spec, rounded down. The whole capacity is allocated and charged up front,
-    so ``nbytes`` never changes and never exceeds what was charged.
+    that is free in the budget) minus the codec's fixed state, divided by the
+    bytes one item costs (its spec fields under the codec, plus any hidden
+    per-item ``aux`` fields a method keeps, such as an insertion time or a
+    herding rank), rounded down. The whole capacity is allocated and charged
+    up front; ``resize`` changes it, evicting what the method chooses.
     """
 
+    resizable = ("nbytes",)
+    """Config keys a saved state may differ in: ``load`` resizes to the saved capacity."""
+
     def __init__(self, spec: Spec, budget: Budget | int | str, *, owner: str = "memory",
-                 nbytes: int | str | None = None, codec: str = "raw"):
+                 nbytes: int | str | None = None, codec: str = "raw", aux: Spec | None = None):
         super().__init__(budget, owner)
         self.spec = normalize_spec(spec)
         self.codec = _payload_codec(codec, self.spec)
-        stored = {**self.spec, "x": (self.spec["x"][0], self.codec.dtype or self.spec["x"][1])}
+        aux = normalize_spec(aux) if aux else {}
+        clash = sorted(set(aux) & set(self.spec))
+        if clash:
+            raise ValueError(f"spec: field(s) {clash} are reserved by {type(self).__name__}")
+        stored = {**self.spec, "x": (self.spec["x"][0], self.codec.dtype or self.spec["x"][1]),
+                  **aux}
         self.item_nbytes = sum(math.prod(shape) * dtype.itemsize
                                for shape, dtype in stored.values())
         self._codec_state = self.codec.state(self.spec["x"][0])
-        fixed = sum(t.numel() * t.element_size() for t in self._codec_state.values())
         allotment = self.budget.free if nbytes is None else parse_size(nbytes)
-        self.capacity = max(allotment - fixed, 0) // self.item_nbytes
-        if self.capacity < 1:
-            raise BudgetExceeded(owner, self.item_nbytes + fixed, allotment, self.budget.capacity)
-        self.budget.charge(owner, self.capacity * self.item_nbytes + fixed)
+        self.capacity = self._capacity_for(allotment)
+        self.budget.charge(owner, self._nbytes_for(self.capacity))
         self._slots = {name: torch.zeros((self.capacity, *shape), dtype=dtype)
                        for name, (shape, dtype) in stored.items()}
         self._size = 0
         self._fitted = False
 
+    def _fixed_nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._codec_state.values())
+
+    def _nbytes_for(self, capacity: int) -> int:
+        return capacity * self.item_nbytes + self._fixed_nbytes()
+
+    def _capacity_for(self, allotment: int) -> int:
+        capacity = max(allotment - self._fixed_nbytes(), 0) // self.item_nbytes
+        if capacity < 1:
+            raise BudgetExceeded(self.owner, self._nbytes_for(1), allotment,
+                                 self.budget.capacity)
+        return capacity
+
+    def resize(self, nbytes: int | str) -> Batch:
+        """Change the allotment to ``nbytes``; return the items a shrink evicted.
+
+        When fewer items fit than are held, ``_keep`` (the method's rule) picks
+        the survivors. Growing charges the budget first and raises
+        ``BudgetExceeded`` before anything changes.
+        """
+        capacity = self._capacity_for(parse_size(nbytes))
+        grow = self._nbytes_for(capacity) - self.nbytes
+        if grow > 0:
+            self.budget.charge(self.owner, grow)
+        keep = self._keep(capacity) if capacity < self._size else torch.arange(self._size)
+        gone = torch.ones(self._size, dtype=torch.bool)
+        gone[keep] = False
+        evicted = self._read(torch.nonzero(gone).squeeze(1))
+        self._reallocate(capacity, keep)
+        if grow < 0:
+            self.budget.release(self.owner, -grow)
+        return evicted
+
+    def _keep(self, capacity: int) -> torch.Tensor:
+        """Slots that survive a shrink to ``capacity`` items, in their new order."""
+        raise NotImplementedError(f"{type(self).__name__} cannot shrink")
+
+    def _reallocate(self, capacity: int, keep: torch.Tensor) -> None:
+        slots = {}
+        for name, t in self._slots.items():
+            slots[name] = torch.zeros((capacity, *t.shape[1:]), dtype=t.dtype)
+            slots[name][: len(keep)] = t[keep]
+        self._slots, self.capacity, self._size = slots, capacity, len(keep)
+
+    def _expected_shape(self, name, mine, theirs):
+        if name in self._slots:  # slots may come from a store of another capacity
+            return torch.Size((len(theirs), *mine.shape[1:]))
+        return mine.shape
+
+    def _check_adoptable(self, tensors, extra):
+        lengths = {len(tensors[name]) for name in self._slots}
+        if len(lengths) != 1 or min(lengths) < 1:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: slot tensors must share "
+                             f"one positive length, got {sorted(lengths)}")
+        capacity = lengths.pop()
+        if not 0 <= int(extra.get("size", -1)) <= capacity:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: saved size "
+                             f"{extra.get('size')!r} does not fit {capacity} slots")
+        grow = self._nbytes_for(capacity) - self.nbytes
+        if grow > self.budget.free:
+            raise BudgetExceeded(self.owner, grow, self.budget.free, self.budget.capacity)
+
+    def _adopt(self, tensors):
+        capacity = len(tensors["x"])
+        if capacity == self.capacity:
+            return super()._adopt(tensors)
+        grow = self._nbytes_for(capacity) - self.nbytes
+        if grow >= 0:
+            self.budget.charge(self.owner, grow)
+        else:
+            self.budget.release(self.owner, -grow)
+        self._slots = {name: tensors[name].clone() for name in self._slots}
+        for name, t in self._codec_state.items():
+            t.copy_(tensors[f"codec.{name}"])
+        self.capacity = capacity
+
     def tensors(self) -> dict[str, torch.Tensor]:
         return {**self._slots, **{f"codec.{k}": v for k, v in self._codec_state.items()}}
 
     def extra_state(self) -> dict:
-        return {"fitted": self._fitted}
+        return {"fitted": self._fitted, "size": self._size}
 
     def load_extra_state(self, extra: Mapping) -> None:
-        self._fitted = bool(extra["fitted"])
+        fitted, size = bool(extra["fitted"]), int(extra["size"])
+        if size < 0:
+            raise ValueError(f"{type(self).__name__}: a saved size must be >= 0, got {size}")
+        self._fitted, self._size = fitted, size
 
     def __len__(self) -> int:
         return self._size
@@ -181,18 +283,22 @@ class SampleMemory(Store):
             yield self._read(slice(start, min(start + size, self._size)))
 
     def _read(self, index) -> Batch:
-        fields = {name: t[index] for name, t in self._slots.items()}
+        """The spec fields of the items in ``index`` (slots), decoded."""
+        fields = {name: self._slots[name][index] for name in self.spec}
         fields["x"] = self.codec.decode(fields["x"], self._codec_state)
         return Batch(**fields)
 
-    def _write(self, slots: torch.Tensor, rows: Batch) -> None:
+    def _write(self, slots: torch.Tensor, rows: Batch, **aux: torch.Tensor) -> None:
+        """Encode ``rows`` into ``slots``; hidden per-item fields come as keyword tensors."""
         if not self._fitted and len(rows):
             self.codec.fit(rows.x, self._codec_state)
             self._fitted = True
-        for name, t in self._slots.items():
+        for name in self.spec:
             value = rows[name]
-            t[slots] = (self.codec.encode(value, self._codec_state) if name == "x"
-                        else value.to(t.dtype))
+            self._slots[name][slots] = (self.codec.encode(value, self._codec_state)
+                                        if name == "x" else value.to(self._slots[name].dtype))
+        for name, value in aux.items():
+            self._slots[name][slots] = value
 
     def _check(self, batch: Batch) -> None:
         if not isinstance(batch, Batch):

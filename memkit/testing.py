@@ -63,6 +63,27 @@ def _check_sample_memory(store: SampleMemory, generator: torch.Generator, rounds
         assert len(drawn) == min(3, len(store)), f"sample(3) gave {len(drawn)} items"
         drawn.check(store.spec, where="sample")
     _check_rejects(store, generator)
+    _check_resize(store, generator)
+
+
+def _check_resize(store: SampleMemory, generator: torch.Generator) -> None:
+    """Shrinking keeps at most the new capacity, returns the rest and releases the bytes."""
+    if store.capacity < 2:
+        return
+    before, held = _snapshot(store), len(store)
+    try:
+        evicted = store.resize(store._nbytes_for(store.capacity // 2))
+    except NotImplementedError:
+        return
+    assert len(store) + len(evicted) == held, (
+        f"resize kept {len(store)} and evicted {len(evicted)} of {held} items")
+    assert len(store) <= store.capacity and store.nbytes == store.budget.charged(store.owner)
+    evicted.check(store.spec, where="resize")
+    rows = {tuple(r.tolist()) for r in before["tensors"]["x"][:held].flatten(1)}
+    kept = {tuple(r.tolist()) for r in store.tensors()["x"][: len(store)].flatten(1)}
+    assert kept <= rows, "resize invented items"
+    store.add(random_batch(store.spec, store.capacity + 1, generator))
+    assert len(store) <= store.capacity
 
 
 def _check_rejects(store: SampleMemory, generator: torch.Generator) -> None:

@@ -1,10 +1,11 @@
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from memkit import Batch, Budget
+from memkit import Batch, Budget, BudgetExceeded
 from memkit.buffers import Reservoir
 from memkit.kernels import reservoir_slots, reservoir_slots_reference
 
@@ -81,3 +82,33 @@ def test_sample_draws_stored_items_without_replacement():
     assert len(set(drawn)) == 20 and set(drawn) <= set(range(100, 130))
     assert len(store.sample(99)) == 30
     assert [len(b) for b in store.batches(8)] == [8, 8, 8, 6]
+
+
+def test_shrinking_keeps_a_uniform_subset_and_releases_bytes():
+    counts = np.zeros(40)
+    for seed in range(600):
+        budget = Budget(40 * 16)
+        store = Reservoir(SPEC, budget, seed=seed)
+        store.add(ids(0, 40))
+        evicted = store.resize(10 * 16)
+        kept = store.tensors()["x"][: len(store), 0]
+        assert len(store) == store.capacity == 10 and len(evicted) == 30
+        assert set(kept.tolist()).isdisjoint(evicted.x[:, 0].tolist())
+        assert budget.used == 160
+        counts[kept.numpy()] += 1
+    assert chisquare(counts).pvalue > 1e-3
+
+
+def test_growing_charges_first_and_refuses_what_the_budget_lacks():
+    budget = Budget(30 * 16)
+    store = Reservoir(SPEC, budget, nbytes=10 * 16)
+    store.add(ids(0, 10))
+    store.resize(20 * 16)
+    assert store.capacity == 20 and len(store) == 10 and budget.used == 320
+    store.add(ids(10, 10))
+    assert sorted(store.tensors()["x"][:, 0].tolist()) == list(range(20))
+    with pytest.raises(BudgetExceeded, match="asked for 320 bytes"):
+        store.resize(40 * 16)
+    assert store.capacity == 20 and budget.used == 320
+    with pytest.raises(BudgetExceeded):
+        store.resize(8)

@@ -116,3 +116,20 @@ def test_replay_beats_finetuning_at_the_same_budget():
     a = run(er.stream, er.learner, progress=False).final_average
     b = run(finetune.stream, finetune.learner, progress=False).final_average
     assert a > b + 0.2
+
+
+def test_charge_growth_shrinks_the_memory_to_pay_for_new_parameters():
+    from torch import nn
+
+    from memkit.agents.base import charge_growth
+
+    setup = build(CONFIG)
+    model, memory, budget = setup.learner.model, setup.learner.memory, setup.budget
+    memory.add(setup.stream[0].train.select("x", "y"))
+    before, capacity = len(memory), memory.capacity
+    grown = nn.ModuleList([model, nn.Linear(16, 16)])  # 272 new float32 parameters
+    evicted = charge_growth(budget, grown, memory)
+    assert budget.charged("model") == sum(p.numel() * 4 for p in grown.parameters())
+    assert budget.used <= budget.capacity and memory.capacity < capacity
+    assert len(memory) + len(evicted) == before
+    assert charge_growth(budget, grown, memory) is None, "no growth, no eviction"

@@ -109,8 +109,23 @@ def test_wrong_class_or_config_is_refused_naming_both(tmp_path):
         store.load(tmp_path / "other")
     with pytest.raises(ValueError, match="different configuration"):
         Reservoir(SPEC, "10KB", seed=9).load(path)
-    with pytest.raises(ValueError, match="different configuration"):
-        Reservoir(SPEC, "5KB").load(path)
+    small = Reservoir(SPEC, "5KB")
+    with pytest.raises(BudgetExceeded, match="'reservoir' asked for"):
+        small.load(path)
+    assert small.nbytes == small.budget.used and len(small) == 0
+
+
+def test_load_resizes_to_the_saved_capacity_and_recharges_the_budget(tmp_path):
+    path = tmp_path / "r.safetensors"
+    source = filled("5KB")
+    source.save(path)
+    budget = Budget("20KB")
+    target = Reservoir(SPEC, budget, nbytes="10KB")
+    target.load(path)
+    assert target.capacity == source.capacity and len(target) == len(source)
+    assert budget.charged("reservoir") == target.nbytes == source.nbytes
+    for name, t in source.tensors().items():
+        assert torch.equal(t, target.tensors()[name])
 
 
 def test_a_failed_save_leaves_nothing_on_disk(tmp_path, monkeypatch):
@@ -137,12 +152,17 @@ def test_load_state_dict_checks_keys_shapes_and_extra_before_copying():
     state = store.state_dict()
     with pytest.raises(ValueError, match="expected tensors"):
         store.load_state_dict({"tensors": {"x": state["tensors"]["x"]}, "extra": state["extra"]})
-    bad = {**state["tensors"], "x": torch.zeros(3, 6)}
-    with pytest.raises(ValueError, match=r"'x' expected \(\d+, 6\) torch.float32"):
+    bad = {**state["tensors"], "x": torch.zeros(len(store.tensors()["x"]), 5)}
+    with pytest.raises(ValueError, match=r"'x' expected \(\d+, 6\) torch\.float32"):
         store.load_state_dict({"tensors": bad, "extra": state["extra"]})
+    short = {**state["tensors"], "x": torch.zeros(3, 6)}
+    with pytest.raises(ValueError, match="must share one positive length"):
+        store.load_state_dict({"tensors": short, "extra": state["extra"]})
     zeros = {k: torch.zeros_like(v) for k, v in state["tensors"].items()}
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="saved size None"):
         store.load_state_dict({"tensors": zeros, "extra": {}})
+    with pytest.raises(KeyError):
+        store.load_state_dict({"tensors": zeros, "extra": {"size": 1, "fitted": True}})
     assert _unchanged(store, before)
 
 
