@@ -23,3 +23,14 @@ def mlp(input_shape: Sequence[int], n_classes: int, hidden: Sequence[int] = (100
         layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
     layers.append(nn.Linear(widths[-1], n_classes))
     return nn.Sequential(*layers)
+
+
+def split_head(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
+    """(feature extractor, linear classifier) of an ``nn.Sequential`` that ends in ``nn.Linear``.
+
+    The two share parameters with ``model``: training one trains the other.
+    """
+    if not isinstance(model, nn.Sequential) or not isinstance(model[-1], nn.Linear):
+        raise TypeError(f"split_head: expected an nn.Sequential ending in nn.Linear, "
+                        f"got {type(model).__name__}")
+    return model[:-1], model[-1]

@@ -106,7 +106,7 @@ def build(config: Mapping) -> Setup:
         memory = _create("memory", config["memory"], spec=memory_spec(config, stream),
                          budget=budget, seed=seed)
     learner = _create("learner", config["learner"], model=model, memory=memory, seed=seed,
-                      budget=budget)
+                      budget=budget, n_classes=stream.n_classes)
     return Setup(str(config.get("name", "run")), seed, stream, learner, budget)
 
 
