@@ -41,6 +41,10 @@ class ConfigError(ValueError):
     """A configuration that cannot be built; the message names the key path."""
 
 
+class BudgetTooSmall(ConfigError):
+    """The budget cannot hold the parts the config names (the model, or one memory item)."""
+
+
 @dataclass
 class Setup:
     """What a config builds: the stream, the learner, the shared budget."""
@@ -100,7 +104,7 @@ def build(config: Mapping) -> Setup:
     try:
         budget.charge_model(model)
     except BudgetExceeded as exc:
-        raise ConfigError(f"config.budget: too small for the model alone ({exc})") from None
+        raise BudgetTooSmall(f"config.budget: too small for the model alone ({exc})") from None
     memory = None
     if config.get("memory") is not None:
         memory = _create("memory", config["memory"], spec=memory_spec(config, stream),
@@ -137,7 +141,9 @@ def _create(section: str, entry, **injected):
     kwargs = {**_accepted(factory, injected), **_checked(factory, params, where)}
     try:
         return factory(**kwargs)
-    except (TypeError, ValueError, BudgetExceeded) as exc:
+    except BudgetExceeded as exc:
+        raise BudgetTooSmall(f"{where} ({entry['name']}): {exc}") from exc
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where} ({entry['name']}): {exc}") from exc
 
 

@@ -1,0 +1,170 @@
+"""Accuracy at equal total bytes: methods x budgets x seeds on three offline streams.
+
+The MEMO paper's comparison (Zhou et al., "A Model or 603 Exemplars", ICLR
+2023): every method gets the same total budget in bytes, and its model
+(parameters x their dtype size, including any teacher copy or grown block)
+and its memory (exemplars under the stream's codec, plus any logits,
+Fisher or bookkeeping) are both charged to it. Methods whose model leaves no
+room for one exemplar at a budget are recorded as "does not fit".
+
+    .venv/bin/python benchmarks/budget_sweep.py            # full grid, 2 processes
+    .venv/bin/python benchmarks/budget_sweep.py --quick    # a small grid for a smoke test
+
+Writes benchmarks/results/budget_sweep.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+from tqdm import tqdm
+
+from memkit.agents.backbones import mlp
+from memkit.budget import module_nbytes
+from memkit.sweep import area_under_budget_curve, run_grid, summarise
+
+OUT = Path(__file__).parent / "results"
+DATASETS = {  # stream, codec for the exemplars, input shape of the default model, epochs
+    "split_mnist5k": ({"name": "split_mnist5k", "n_experiences": 5}, "uint8", (784,), 3),
+    "split_digits": ({"name": "split_digits", "n_experiences": 5}, "uint8", (64,), 5),
+    "split_mnist1d": ({"name": "split_mnist1d", "n_experiences": 5}, "float16", (40,), 5),
+}
+TRAIN = {"lr": 0.05, "momentum": 0.9, "batch_size": 32}
+METHODS = {
+    "finetune": {"learner": {"name": "finetune"}},
+    "er": {"memory": "reservoir", "learner": {"name": "er"}},
+    "gdumb": {"memory": "gdumb", "learner": {"name": "gdumb"}},
+    "icarl": {"memory": "herding", "learner": {"name": "icarl"}},
+    "derpp": {"memory": "reservoir", "learner": {"name": "derpp", "alpha": 0.3, "beta": 0.5}},
+    "lwf": {"learner": {"name": "lwf"}},
+    "ewc": {"learner": {"name": "ewc"}},
+    "der_expandable": {"memory": "reservoir", "model": "mlp_blocks",
+                       "learner": {"name": "der_expandable"}},
+    "memo": {"memory": "reservoir", "model": "mlp_blocks", "learner": {"name": "memo"}},
+}
+MULTIPLES = (1.25, 2.5, 5.0, 10.0, 20.0)  # total budget as multiples of the default model
+
+
+def default_model_nbytes(input_shape: tuple[int, ...]) -> int:
+    return module_nbytes(mlp(input_shape, 10))
+
+
+def config(dataset: str, method: str, budget: int, seed: int) -> dict:
+    stream, codec, _, epochs = DATASETS[dataset]
+    spec = METHODS[method]
+    out = {"name": f"{dataset}-{method}-{budget}-{seed}", "seed": seed, "budget": budget,
+           "stream": stream, "model": {"name": spec.get("model", "mlp")},
+           "learner": {**TRAIN, "epochs": epochs, **spec["learner"]}}
+    if "memory" in spec:
+        out["memory"] = {"name": spec["memory"], "codec": codec}
+    return out
+
+
+def grid(datasets, methods, multiples, seeds) -> list[tuple[dict, dict]]:
+    jobs = []
+    for dataset in datasets:
+        base = default_model_nbytes(DATASETS[dataset][2])
+        for multiple in multiples:
+            budget = int(base * multiple)
+            for method in methods:
+                for seed in seeds:
+                    tags = {"dataset": dataset, "method": method, "multiple": multiple,
+                            "seed": seed}
+                    jobs.append((config(dataset, method, budget, seed), tags))
+    return jobs
+
+
+def auc_table(summary: list[dict]) -> dict:
+    curves: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for cell in summary:
+        curves.setdefault((cell["dataset"], cell["method"]), []).append(
+            (cell["budget"] / 1e6, cell["final_average"]))
+    return {f"{d}/{m}": area_under_budget_curve(*zip(*sorted(points), strict=True))
+            for (d, m), points in curves.items()}
+
+
+def markdown(summary: list[dict], rows: list[dict], auc: dict) -> str:
+    lines = ["| dataset | method | budget (MB) | final avg acc | forgetting | model KB | "
+             "memory KB | exemplars | wall s | runs |", "|---|---|---:|---:|---:|---:|---:|---:|"
+             "---:|---:|"]
+    for c in summary:
+        lines.append(
+            f"| {c['dataset']} | {c['method']} | {c['budget'] / 1e6:.3f} | "
+            f"{c['final_average']:.3f} ± {c['final_average_std']:.3f} | "
+            f"{c['forgetting']:.3f} | {c['model_nbytes'] / 1e3:.1f} | "
+            f"{c['memory_nbytes'] / 1e3:.1f} | {c['items']:.0f} | {c['wall_s']:.1f} | "
+            f"{c['runs']} |")
+    misfits = sorted({(r["dataset"], r["method"], r["budget"]) for r in rows
+                      if r["status"] == "does not fit"})
+    failed = [r for r in rows if r["status"] == "failed"]
+    lines += ["", "| dataset/method | AUC (mean accuracy over the budget range) |", "|---|---:|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in sorted(auc.items())]
+    if misfits:
+        lines += ["", "Did not fit (model alone exceeds the budget, or no room for one item): "
+                  + ", ".join(f"{d}/{m} at {b / 1e6:.3f} MB" for d, m, b in misfits)]
+    if failed:
+        lines += ["", f"{len(failed)} runs failed: " + ", ".join(
+            f"{r['dataset']}/{r['method']}/{r['budget']}/{r['seed']}" for r in failed)]
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: list[dict], path: Path) -> None:
+    datasets = sorted({c["dataset"] for c in summary})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        for method in METHODS:
+            cells = sorted((c for c in summary if c["dataset"] == dataset
+                            and c["method"] == method), key=lambda c: c["budget"])
+            if cells:
+                ax.errorbar([c["budget"] / 1e6 for c in cells],
+                            [c["final_average"] for c in cells],
+                            yerr=[c["final_average_std"] for c in cells], marker="o",
+                            capsize=3, label=method)
+        ax.set(title=dataset, xlabel="total budget: model + memory (MB)",
+               ylabel="final average accuracy", xscale="log", ylim=(0, 1))
+    axes[0][0].legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--multiples", nargs="+", type=float, default=list(MULTIPLES))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="split_digits, 2 budgets, 1 seed")
+    parser.add_argument("--out", type=Path, default=OUT / "budget_sweep")
+    args = parser.parse_args()
+    if args.quick:
+        args.datasets, args.multiples, args.seeds = ["split_digits"], [2.5, 10.0], 1
+    torch.set_num_threads(1)
+    jobs = grid(args.datasets, args.methods, args.multiples, range(args.seeds))
+    bar = tqdm(total=len(jobs), desc="budget sweep", unit="run")
+    rows = run_grid(jobs, n_jobs=args.jobs, on_result=lambda _: bar.update())
+    bar.close()
+    summary = summarise(rows)
+    auc = auc_table(summary)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"torch": torch.__version__, "python": platform.python_version(),
+            "seeds": args.seeds, "multiples": args.multiples, "jobs": args.jobs}
+    Path(f"{args.out}.json").write_text(json.dumps(
+        {"meta": meta, "summary": summary, "auc": auc, "runs": rows}, indent=1))
+    table = markdown(summary, rows, auc)
+    Path(f"{args.out}.md").write_text(table)
+    plot(summary, Path(f"{args.out}.png"))
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
