@@ -1,5 +1,7 @@
 """Hot numeric routines: pure functions on tensors, each beside a plain reference."""
 
 from memkit.kernels.reservoir import reservoir_slots, reservoir_slots_reference
+from memkit.kernels.sampling import sample_distinct, sample_distinct_reference
 
-__all__ = ["reservoir_slots", "reservoir_slots_reference"]
+__all__ = ["reservoir_slots", "reservoir_slots_reference", "sample_distinct",
+           "sample_distinct_reference"]

@@ -20,6 +20,7 @@ from memkit.batch import Batch, Spec
 from memkit.budget import Budget, BudgetExceeded, parse_size
 from memkit.codecs import Codec, get_codec
 from memkit.io import load_tensors, read_manifest, save_tensors
+from memkit.kernels.sampling import sample_distinct
 
 
 class Store(abc.ABC):
@@ -274,8 +275,7 @@ class SampleMemory(Store):
             raise ValueError(f"sample: expected a non-negative int, got {n!r}")
         if self._size == 0:
             raise ValueError(f"sample: the {type(self).__name__} is empty")
-        index = torch.randperm(self._size, generator=generator)[:n]
-        return self._read(index)
+        return self._read(sample_distinct(self._size, n, generator))
 
     def batches(self, size: int) -> Iterator[Batch]:
         """The stored items, in slot order, in minibatches of at most ``size``."""
