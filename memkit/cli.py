@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import runpy
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(command=_inspect)
     p = sub.add_parser("list", help="registered stores, learners, models and streams")
     p.set_defaults(command=_list)
+    p = sub.add_parser("bench", help="run benchmarks/NAME.py of this memkit checkout",
+                       description="Run a benchmark script of the memkit checkout in the "
+                                   "current folder, e.g. 'memkit bench budget-sweep --quick'.")
+    p.add_argument("name", help="benchmark name, e.g. budget-sweep, buffer-throughput")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
+    p.set_defaults(command=_bench)
     return parser
 
 
@@ -101,6 +108,17 @@ def _inspect(args) -> int:
               f"{t.numel() * t.element_size()} |")
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     print(f"\ntotal {total} bytes ({format_size(total)}); checksum verified")
+    return 0
+
+
+def _bench(args) -> int:
+    script = Path("benchmarks") / f"{args.name.replace('-', '_')}.py"
+    if not script.exists():
+        known = sorted(p.stem.replace("_", "-") for p in Path("benchmarks").glob("*.py"))
+        raise FileNotFoundError(f"memkit bench: no {script} here; run it from a memkit "
+                                f"checkout (benchmarks found here: {known or 'none'})")
+    sys.argv = [str(script), *args.args]
+    runpy.run_path(str(script), run_name="__main__")
     return 0
 
 

@@ -102,3 +102,15 @@ def test_cli_reports_config_errors_and_exit_code(config_file, capsys):
     config_file.write_text("budget: [unclosed")
     assert main(["run", str(config_file)]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_bench_runs_a_checkout_script_and_explains_a_missing_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "echo_args.py").write_text(
+        "import sys\nprint('args', sys.argv[1:])\n")
+    assert main(["bench", "echo-args", "--quick", "7"]) == 0
+    assert "args ['--quick', '7']" in capsys.readouterr().out
+    assert main(["bench", "budget-sweep"]) == 2
+    err = capsys.readouterr().err
+    assert "no benchmarks/budget_sweep.py here" in err and "['echo-args']" in err
