@@ -74,7 +74,9 @@ def test_inspect_shows_manifest_and_bytes(config_file, capsys, tmp_path):
 def test_list_names_registered_parts(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert "store: reservoir" in out and "learner: er" in out and "split_digits" in out
+    lines = dict(line.split(": ", 1) for line in out.strip().splitlines())
+    assert "reservoir" in lines["store"].split(", ") and "er" in lines["learner"].split(", ")
+    assert "split_digits" in lines["stream"] and "mlp" in lines["model"]
 
 
 @pytest.mark.parametrize(("change", "message"), [
