@@ -1,11 +1,16 @@
 """Learners and agents that use memkit's stores."""
 
-from memkit.agents.backbones import mlp, split_head
+from memkit.agents.backbones import BlockMLP, mlp, mlp_blocks, split_blocks, split_head
+from memkit.agents.der_expandable import DynamicallyExpandableRepresentation
 from memkit.agents.derpp import DERpp
 from memkit.agents.er import ExperienceReplay
 from memkit.agents.ewc import EWC
 from memkit.agents.finetune import Finetune
 from memkit.agents.joint import Joint
 from memkit.agents.lwf import LwF
+from memkit.agents.memo import MEMO
 
-__all__ = ["EWC", "DERpp", "ExperienceReplay", "Finetune", "Joint", "LwF", "mlp", "split_head"]
+__all__ = [
+    "EWC", "MEMO", "BlockMLP", "DERpp", "DynamicallyExpandableRepresentation", "ExperienceReplay",
+    "Finetune", "Joint", "LwF", "mlp", "mlp_blocks", "split_blocks", "split_head",
+]

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from memkit.batch import Batch
-from memkit.budget import Budget, module_nbytes
+from memkit.budget import Budget, BudgetExceeded, module_nbytes
 from memkit.seeding import derive_generator
 from memkit.store import SampleMemory, Store
 from memkit.streams import Experience
@@ -28,11 +28,19 @@ def charge_growth(budget: Budget, model: nn.Module, memory: SampleMemory | None 
     The MEMO paper's accounting: parameters a learner adds come out of the same
     budget as its exemplars, so a model that grows leaves fewer exemplars.
     Returns what the memory evicted (``None`` if it did not have to shrink).
+    Raises ``BudgetExceeded`` for ``owner``, before anything changes, when the
+    growth does not fit even with the memory shrunk to one item.
     """
-    short = module_nbytes(model) - budget.charged(owner) - budget.free
+    if memory is not None and memory.budget is not budget:
+        raise ValueError(f"charge_growth: the memory {memory.owner!r} is charged to another "
+                         f"budget than the model; expected both on {budget!r}")
+    need = module_nbytes(model) - budget.charged(owner)
+    room = budget.free + (0 if memory is None else (memory.capacity - 1) * memory.item_nbytes)
+    if need > room:
+        raise BudgetExceeded(owner, need, room, budget.capacity)
     evicted = None
-    if short > 0 and memory is not None:
-        evicted = memory.resize(memory.nbytes - short)
+    if need > budget.free and memory is not None:
+        evicted = memory.resize(memory.nbytes - (need - budget.free))
     budget.charge_model(model, owner)
     return evicted
 
@@ -59,7 +67,7 @@ class SupervisedLearner:
         self.before_experience(experience)
         self.model.train()
         optimizer = self.optimizer()
-        data = experience.train
+        data = self.training_data(experience)
         for epoch in range(self.epochs):
             generator = derive_generator(self.seed, experience.index, epoch)
             order = torch.randperm(len(data), generator=generator)
@@ -69,6 +77,10 @@ class SupervisedLearner:
                 loss.backward()
                 optimizer.step()
         self.after_experience(experience)
+
+    def training_data(self, experience: Experience) -> Batch:
+        """What the epochs iterate over: the experience's data (methods may add exemplars)."""
+        return experience.train
 
     def optimizer(self) -> torch.optim.Optimizer:
         """A fresh optimiser per experience over the parameters that require gradients."""

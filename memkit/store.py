@@ -277,6 +277,10 @@ class SampleMemory(Store):
             raise ValueError(f"sample: the {type(self).__name__} is empty")
         return self._read(sample_distinct(self._size, n, generator))
 
+    def contents(self) -> Batch:
+        """Every stored item, decoded, in slot order."""
+        return self._read(slice(0, self._size))
+
     def batches(self, size: int) -> Iterator[Batch]:
         """The stored items, in slot order, in minibatches of at most ``size``."""
         for start in range(0, self._size, size):
