@@ -6,11 +6,26 @@ from memkit.agents.derpp import DERpp
 from memkit.agents.er import ExperienceReplay
 from memkit.agents.ewc import EWC
 from memkit.agents.finetune import Finetune
+from memkit.agents.gdumb import GDumbLearner
+from memkit.agents.icarl import ICaRL
 from memkit.agents.joint import Joint
 from memkit.agents.lwf import LwF
 from memkit.agents.memo import MEMO
 
 __all__ = [
-    "EWC", "MEMO", "BlockMLP", "DERpp", "DynamicallyExpandableRepresentation", "ExperienceReplay",
-    "Finetune", "Joint", "LwF", "mlp", "mlp_blocks", "split_blocks", "split_head",
+    "EWC",
+    "MEMO",
+    "BlockMLP",
+    "DERpp",
+    "DynamicallyExpandableRepresentation",
+    "ExperienceReplay",
+    "Finetune",
+    "GDumbLearner",
+    "ICaRL",
+    "Joint",
+    "LwF",
+    "mlp",
+    "mlp_blocks",
+    "split_blocks",
+    "split_head",
 ]

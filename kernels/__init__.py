@@ -1,7 +1,8 @@
 """Hot numeric routines: pure functions on tensors, each beside a plain reference."""
 
+from memkit.kernels.herding import herding_select, herding_select_reference
 from memkit.kernels.reservoir import reservoir_slots, reservoir_slots_reference
 from memkit.kernels.sampling import sample_distinct, sample_distinct_reference
 
-__all__ = ["reservoir_slots", "reservoir_slots_reference", "sample_distinct",
-           "sample_distinct_reference"]
+__all__ = ["herding_select", "herding_select_reference", "reservoir_slots",
+           "reservoir_slots_reference", "sample_distinct", "sample_distinct_reference"]

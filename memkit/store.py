@@ -203,6 +203,23 @@ class SampleMemory(Store):
             self.budget.release(self.owner, -grow)
         return evicted
 
+    def _remove(self, slots: torch.Tensor) -> Batch:
+        """Evict the items in ``slots`` (distinct) and return them, keeping the held slots a prefix.
+
+        The items held past the new size move into the holes below it: O(evicted)
+        row copies, not a compaction of the whole buffer.
+        """
+        evicted = self._read(slots)
+        gone = torch.zeros(self._size, dtype=torch.bool)
+        gone[slots] = True
+        size = self._size - len(slots)
+        holes = torch.nonzero(gone[:size]).squeeze(1)
+        movers = size + torch.nonzero(~gone[size:]).squeeze(1)
+        for t in self._slots.values():
+            t[holes] = t[movers]
+        self._size = size
+        return evicted
+
     def _keep(self, capacity: int) -> torch.Tensor:
         """Slots that survive a shrink to ``capacity`` items, in their new order."""
         raise NotImplementedError(f"{type(self).__name__} cannot shrink")
