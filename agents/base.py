@@ -3,7 +3,7 @@
 A learner subclasses ``SupervisedLearner`` and overrides what its paper changes:
 ``loss`` (the objective on one minibatch), ``before_experience`` /
 ``after_experience`` (grow a model, fill a memory, snapshot a teacher) and
-``stores``. Shuffling uses ``derive_generator(seed, experience, epoch)``, so a
+``stores``. Shuffling uses ``derive_generator(seed, "shuffle", experience, epoch)``, so a
 resumed run draws the same minibatches.
 """
 
@@ -69,7 +69,7 @@ class SupervisedLearner:
         optimizer = self.optimizer()
         data = self.training_data(experience)
         for epoch in range(self.epochs):
-            generator = derive_generator(self.seed, experience.index, epoch)
+            generator = derive_generator(self.seed, "shuffle", experience.index, epoch)
             order = torch.randperm(len(data), generator=generator)
             for rows in order.split(self.batch_size):
                 loss = self.loss(data[rows], experience, generator)

@@ -51,8 +51,6 @@ from memkit.streams import Experience
 OWNER = "model"
 """The budget line the network is charged to (``memkit.config.build`` charges the model there)."""
 
-GROWTH = 0x67726F77
-"""A key ("grow" in ASCII) for ``derive_generator``, reserved for the draws of growth."""
 
 ARCHITECTURE = ("classes", "block_classes")
 """State-dict keys beside the weights that say how far the network has grown."""
@@ -193,12 +191,8 @@ def experience_classes(experience: Experience) -> torch.Tensor:
 
 
 def growth_generator(seed: int, experience: Experience) -> torch.Generator:
-    """The generator fresh weights for ``experience`` are drawn from.
-
-    The key ``GROWTH`` keeps these draws apart from the epoch shuffles and a
-    memory's draws, which derive from the same seed with small keys.
-    """
-    return derive_generator(seed, GROWTH, experience.index)
+    """The generator fresh weights for ``experience`` are drawn from (purpose "growth")."""
+    return derive_generator(seed, "growth", experience.index)
 
 
 def expand(net: ExpandableNet, new_classes: torch.Tensor, budget: Budget,

@@ -8,7 +8,7 @@ experience) it is trained *from scratch* on the memory alone.
 
 "From scratch" is a seeded re-initialisation: every module's
 ``reset_parameters`` runs under ``torch.random.fork_rng`` seeded from
-``derive_generator(seed, experience, ...)``, so the same seed gives the same
+``derive_generator(seed, "reinit", experience)``, so the same seed gives the same
 initial weights whatever the model held before, and the global random state is
 left as it was.
 """
@@ -29,9 +29,6 @@ from memkit.registry import register
 from memkit.seeding import derive_generator
 from memkit.store import SampleMemory
 from memkit.streams import Experience
-
-REINIT = 1 << 20
-"""Key that separates the re-initialisation draws from the epoch shuffles (keys 0, 1, ...)."""
 
 
 @register("learner", "gdumb")
@@ -60,8 +57,8 @@ class GDumbLearner(SupervisedLearner):
             super().learn(dataclasses.replace(experience, train=held))
 
     def reinitialise(self, step: int) -> None:
-        """Reset every module's parameters from ``derive_generator(seed, step, REINIT)``."""
-        generator = derive_generator(self.seed, step, REINIT)
+        """Reset every module's parameters from ``derive_generator(seed, "reinit", step)``."""
+        generator = derive_generator(self.seed, "reinit", step)
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

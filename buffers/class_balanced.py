@@ -50,7 +50,7 @@ class ClassBalanced(SampleMemory):
 
     ``add`` returns the stored items it evicted (quota shrinks first, then
     reservoir replacements). The random draws of the ``k``-th ``add`` come
-    from ``derive_generator(seed, k)``.
+    from ``derive_generator(seed, "add", k)``.
     """
 
     registry_name = "class_balanced"
@@ -84,7 +84,7 @@ class ClassBalanced(SampleMemory):
         seen = dict(zip(self.classes, self.seen, strict=True))
         self.classes += [c for c in arrivals if c not in seen]
         quota = self.quotas()
-        generator = derive_generator(self.seed, self._adds)
+        generator = derive_generator(self.seed, "add", self._adds)
         evicted = self._remove(self._over_quota(quota, generator))
         rows, slots = self._reservoirs(labels, arrivals, quota, seen, generator)
         replaced = slots[slots < self._size]
@@ -142,7 +142,7 @@ class ClassBalanced(SampleMemory):
 
     def _keep(self, capacity: int) -> torch.Tensor:
         """Each class keeps its new quota of items, chosen by the eviction rule."""
-        generator = derive_generator(self.seed, self._adds, 1)
+        generator = derive_generator(self.seed, "shrink", self._adds)
         labels = self._slots["y"][: self._size]
         keep = [torch.empty(0, dtype=torch.int64)]
         for c, quota in self.quotas(capacity).items():

@@ -36,7 +36,7 @@ from memkit.store import SampleMemory, normalize_spec, spec_to_json
 class GDumb(SampleMemory):
     """Greedy class-balanced sampler; ``add`` returns the stored items it evicted, in order.
 
-    The random draws of the ``k``-th ``add`` come from ``derive_generator(seed, k)``.
+    The random draws of the ``k``-th ``add`` come from ``derive_generator(seed, "add", k)``.
     """
 
     registry_name = "gdumb"
@@ -77,7 +77,7 @@ class GDumb(SampleMemory):
         if fill == len(labels):
             return {}
         draws = torch.rand(len(labels) - fill, dtype=torch.float64,
-                           generator=derive_generator(self.seed, self._adds))
+                           generator=derive_generator(self.seed, "add", self._adds))
         greedy = _Greedy(self._labels(), labels[:fill], self._size)
         return greedy.offer(labels[fill:].tolist(), draws.tolist(), first_row=fill)
 
@@ -86,7 +86,7 @@ class GDumb(SampleMemory):
 
     def _keep(self, capacity: int) -> torch.Tensor:
         """The greedy rule applied to a shrink: evict random items of the largest classes."""
-        generator = derive_generator(self.seed, self._adds, 1)
+        generator = derive_generator(self.seed, "shrink", self._adds)
         labels = self._labels()
         classes, counts = torch.unique(labels, return_counts=True)
         keep = [torch.empty(0, dtype=torch.int64)]

@@ -26,7 +26,7 @@ class Reservoir(SampleMemory):
     """Uniform sample of the stream seen so far, in a byte-sized buffer.
 
     ``add`` returns the stored items it replaced. The random draws of the
-    ``k``-th ``add`` come from ``derive_generator(seed, k)``, so a reloaded
+    ``k``-th ``add`` come from ``derive_generator(seed, "add", k)``, so a reloaded
     buffer continues exactly as the original would have.
     """
 
@@ -42,7 +42,7 @@ class Reservoir(SampleMemory):
     def add(self, batch: Batch) -> Batch:
         self._check(batch)
         rows, slots = reservoir_slots(self.seen, len(batch), self.capacity,
-                                      derive_generator(self.seed, self._adds))
+                                      derive_generator(self.seed, "add", self._adds))
         evicted = self._read(slots[slots < self._size])
         self._write(slots, batch[rows])
         self.seen += len(batch)
@@ -52,7 +52,7 @@ class Reservoir(SampleMemory):
 
     def _keep(self, capacity: int) -> torch.Tensor:
         """A uniform random subset: a uniform sample of a uniform sample stays uniform."""
-        generator = derive_generator(self.seed, self._adds, 1)
+        generator = derive_generator(self.seed, "shrink", self._adds)
         return torch.randperm(self._size, generator=generator)[:capacity].sort().values
 
     def resize(self, nbytes: int | str) -> Batch:

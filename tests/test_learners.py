@@ -89,8 +89,8 @@ def test_finetune_is_sgd_on_the_current_experience_with_a_fresh_optimiser():
     for experience in stream:
         optimizer = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
         for epoch in range(2):
-            order = torch.randperm(len(experience.train),
-                                   generator=derive_generator(5, experience.index, epoch))
+            generator = derive_generator(5, "shuffle", experience.index, epoch)
+            order = torch.randperm(len(experience.train), generator=generator)
             for rows in order.split(8):
                 batch = experience.train[rows]
                 optimizer.zero_grad()

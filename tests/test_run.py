@@ -110,8 +110,9 @@ def test_a_custom_evaluator_fills_the_matrix_through_the_same_loop():
 
 
 def test_replay_beats_finetuning_at_the_same_budget():
-    er = build(CONFIG)
-    finetune = build({k: v for k, v in CONFIG.items() if k != "memory"})
+    hard = {**CONFIG, "stream": {**CONFIG["stream"], "n_features": 4, "cluster_std": 2.0}}
+    er = build(hard)
+    finetune = build({k: v for k, v in hard.items() if k != "memory"})
     assert finetune.learner.stores == {}
     a = run(er.stream, er.learner, progress=False).final_average
     b = run(finetune.stream, finetune.learner, progress=False).final_average
