@@ -1,19 +1,24 @@
-"""``check_store``: the conformance check every memkit store passes, as gymnasium's ``check_env``.
+"""Conformance checks, as gymnasium's ``check_env``: ``check_store`` and ``check_resume``.
 
-Run it on a fresh store of your own class. It exercises the store (adds
-random items), so do not pass one that holds data you need. It raises
-``AssertionError`` naming the first broken promise.
+``check_store`` runs on a fresh store of your own class. It exercises the
+store (adds random items), so do not pass one that holds data you need.
+``check_resume`` runs a config three times: whole, crashed part-way, and
+resumed from the crash's checkpoint, and checks the last equals the first.
+Both raise ``AssertionError`` naming the first broken promise.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 
 from memkit.batch import Batch
+from memkit.config import Setup, build
 from memkit.io import StoreFormatError
+from memkit.run import run
 from memkit.store import SampleMemory, Store
 
 
@@ -25,6 +30,57 @@ def check_store(store: Store, *, seed: int = 0, rounds: int = 4) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         _check_round_trip(store, Path(tmp))
         _check_corruption(store, Path(tmp))
+
+
+def check_resume(config: Mapping, directory: str | Path, *, crash_at: int = 1,
+                 before_resume: Callable[[Setup], None] | None = None) -> tuple[Setup, Setup]:
+    """A run resumed after a crash at experience ``crash_at`` equals the uninterrupted run.
+
+    Compares the score matrix, the memory timeline, the budget ledger, the
+    learner's ``state_dict`` and every store's tensors; returns the
+    (uninterrupted, resumed) setups for further checks. ``before_resume`` may
+    wrap the resumed learner (e.g. to check its state when it starts again).
+    """
+    directory = Path(directory)
+    full = build(config)
+    expected = run(full.stream, full.learner, checkpoint_dir=directory / "whole", progress=False)
+    crashed = build(config)
+    learn = crashed.learner.learn
+
+    def crash(experience):
+        if experience.index == crash_at:
+            raise _Crash(f"simulated crash at experience {crash_at}")
+        learn(experience)
+
+    crashed.learner.learn = crash
+    try:
+        run(crashed.stream, crashed.learner, checkpoint_dir=directory / "crashed", progress=False)
+    except _Crash:
+        pass
+    else:
+        raise AssertionError(f"the stream has no experience {crash_at} to crash at")
+    resumed = build(config)
+    if before_resume is not None:
+        before_resume(resumed)
+    result = run(resumed.stream, resumed.learner, checkpoint_dir=directory / "crashed",
+                 resume=True, progress=False)
+    assert result.matrix == expected.matrix, "resumed scores differ from the uninterrupted run"
+    assert result.memory == expected.memory, "resumed memory timeline differs"
+    assert resumed.budget.owners == full.budget.owners, "resumed budget ledger differs"
+    _assert_same_tensors(full.learner.state_dict(), resumed.learner.state_dict(), "learner")
+    for name, store in full.learner.stores.items():
+        _assert_same_tensors(store.tensors(), resumed.learner.stores[name].tensors(), name)
+    return full, resumed
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def _assert_same_tensors(a: Mapping, b: Mapping, where: str) -> None:
+    assert a.keys() == b.keys(), f"{where}: tensors {sorted(a)} != {sorted(b)}"
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{where}: tensor {key!r} differs after resume"
 
 
 def random_batch(spec, n: int, generator: torch.Generator) -> Batch:

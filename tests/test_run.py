@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
-import torch
 
 from memkit import RunResult, run
+from memkit.agents import ExperienceReplay
 from memkit.config import build
 from memkit.metrics import average_accuracy, backward_transfer, forgetting
 from memkit.run import CHECKPOINT
+from memkit.testing import check_resume
 
 CONFIG = {"name": "tiny", "seed": 3, "budget": "12KB",
           "stream": {"name": "blobs", "n_classes": 6, "n_experiences": 3, "n_per_class": 60},
@@ -47,31 +48,15 @@ def test_run_records_matrix_memory_timeline_and_timings():
 
 
 def test_resume_after_a_crash_gives_the_uninterrupted_result(tmp_path):
-    full = build(CONFIG)
-    expected = run(full.stream, full.learner, checkpoint_dir=tmp_path / "a", progress=False)
+    full, resumed = check_resume(CONFIG, tmp_path, crash_at=2)
+    assert sorted(p.name for p in (tmp_path / "crashed").iterdir()) == [CHECKPOINT]
+    assert len(full.learner.memory) == len(resumed.learner.memory) > 0
 
-    crashed = build(CONFIG)
-    learn = crashed.learner.learn
 
-    def crash_at_two(experience):
-        if experience.index == 2:
-            raise RuntimeError("power cut")
-        learn(experience)
-
-    crashed.learner.learn = crash_at_two
-    with pytest.raises(RuntimeError, match="power cut"):
-        run(crashed.stream, crashed.learner, checkpoint_dir=tmp_path / "b", progress=False)
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [CHECKPOINT]
-
-    resumed = build(CONFIG)
-    result = run(resumed.stream, resumed.learner, checkpoint_dir=tmp_path / "b", resume=True,
-                 progress=False)
-    assert result.matrix == expected.matrix
-    assert result.memory == expected.memory
-    for name, t in full.learner.memory.tensors().items():
-        assert torch.equal(t, resumed.learner.memory.tensors()[name])
-    for name, t in full.learner.model.state_dict().items():
-        assert torch.equal(t, resumed.learner.model.state_dict()[name])
+def test_check_resume_catches_a_learner_that_forgets_its_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(ExperienceReplay, "load_state_dict", lambda self, state: None)
+    with pytest.raises(AssertionError, match="resumed scores differ"):
+        check_resume(CONFIG, tmp_path, crash_at=2)
 
 
 def test_resume_refuses_a_missing_or_foreign_checkpoint(tmp_path):
