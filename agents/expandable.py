@@ -30,10 +30,19 @@ head, sized for every class of the stream, gives way to one over that
 experience's classes; the bytes this frees stay free until growth uses them.
 The class ids that label the head's rows are bookkeeping, like the label
 order of a plain classifier, and are not charged.
+
+``ExpandableLearner`` is the learner both papers share (PyCIL's training
+loop): grow and charge the network before each experience, train on the
+experience's data and every exemplar with cross-entropy plus ``aux_weight``
+times the auxiliary head's cross-entropy, align the weights and offer the
+experience to the memory afterwards; its state is the grown network. MEMO
+and DER subclass it and say only how the given model becomes the first
+network (``initial_network``).
 """
 
 from __future__ import annotations
 
+import abc
 import copy
 import math
 from collections.abc import Mapping, Sequence
@@ -42,7 +51,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from memkit.agents.base import charge_growth
+from memkit.agents.base import SupervisedLearner, charge_growth
+from memkit.batch import Batch
 from memkit.budget import Budget
 from memkit.seeding import derive_generator
 from memkit.store import SampleMemory
@@ -247,6 +257,78 @@ def load_network_state(net: ExpandableNet, state: Mapping[str, torch.Tensor], bu
     grown.freeze_old()
     grown.load_state_dict(weights)
     return grown
+
+
+class ExpandableLearner(SupervisedLearner, abc.ABC):
+    """Grow an ``ExpandableNet`` per experience, pay for it from the memory, replay exemplars.
+
+    ``self.model`` is the grown ``ExpandableNet``; the budget defaults to the
+    memory's and is required, since every growth is charged to it. A subclass
+    implements ``initial_network``.
+    """
+
+    def __init__(self, model: nn.Module, memory: SampleMemory | None = None, *,
+                 lr: float = 0.1, momentum: float = 0.0, epochs: int = 1,
+                 batch_size: int = 32,
+                 aux_weight: float = 1.0, weight_aligning: bool = True, seed: int = 0,
+                 budget: Budget | None = None):
+        budget = budget if budget is not None else getattr(memory, "budget", None)
+        if budget is None or aux_weight < 0:
+            raise ValueError(f"{type(self).__name__}: expected the budget its model is charged "
+                             f"to and aux_weight >= 0, got budget={budget} and "
+                             f"aux_weight={aux_weight}")
+        super().__init__(self.initial_network(model), lr=lr, momentum=momentum, epochs=epochs,
+                         batch_size=batch_size, seed=seed, budget=budget)
+        self.memory = memory
+        self.aux_weight, self.weight_aligning = aux_weight, weight_aligning
+
+    @staticmethod
+    @abc.abstractmethod
+    def initial_network(model: nn.Module) -> ExpandableNet:
+        """The network before the first experience, sharing ``model``'s parameters."""
+
+    @property
+    def stores(self) -> Mapping[str, SampleMemory]:
+        return {} if self.memory is None else {"memory": self.memory}
+
+    def before_experience(self, experience: Experience) -> None:
+        """Add a block for the new classes and pay for it from the memory."""
+        self.model = expand(self.model, experience_classes(experience), self.budget,
+                            self.memory, growth_generator(self.seed, experience))
+
+    def training_data(self, experience: Experience) -> Batch:
+        """The experience's data and every exemplar, as one set the epochs shuffle."""
+        data = experience.train.select("x", "y")
+        if self.memory is None or len(self.memory) == 0:
+            return data
+        return Batch.cat([data, self.memory.contents().select("x", "y")])
+
+    def loss(self, batch: Batch, experience: Experience,
+             generator: torch.Generator) -> torch.Tensor:
+        logits, aux_logits = self.model.logits(batch.x)
+        columns = self.model.columns(batch.y)
+        loss = F.cross_entropy(logits, columns)
+        if aux_logits is None:  # the first experience has no old classes
+            return loss
+        return loss + self.aux_weight * F.cross_entropy(aux_logits,
+                                                        self.model.aux_targets(columns))
+
+    def after_experience(self, experience: Experience) -> None:
+        if self.weight_aligning:
+            self.model.align_weights()
+        if self.memory is not None:
+            self.memory.add(experience.train.select("x", "y"))
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        return self.model.predict(x)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return network_state(self.model)
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Regrow to the saved number of blocks, charge them, then load the weights."""
+        self.model = load_network_state(self.model, state, self.budget, self.memory)
 
 
 def _check_shapes(net: nn.Module, weights: Mapping[str, torch.Tensor]) -> None:

@@ -19,7 +19,7 @@ from memkit.data import split_digits
 from memkit.run import CHECKPOINT
 from memkit.seeding import derive_generator
 from memkit.streams import Experience, Stream
-from memkit.testing import check_store
+from memkit.testing import check_resume, check_store
 
 CONFIG = {"name": "tiny", "seed": 3, "budget": "12KB",
           "stream": {"name": "blobs", "n_classes": 6, "n_experiences": 3, "n_per_class": 60},
@@ -183,31 +183,9 @@ def test_ewc_loss_adds_lambda_times_the_penalty():
 
 
 def test_resume_after_a_crash_gives_the_uninterrupted_result(tmp_path):
-    full = build(CONFIG)
-    expected = run(full.stream, full.learner, checkpoint_dir=tmp_path / "a", progress=False)
-
-    crashed = build(CONFIG)
-    learn = crashed.learner.learn
-
-    def crash_at_two(experience):
-        if experience.index == 2:
-            raise RuntimeError("power cut")
-        learn(experience)
-
-    crashed.learner.learn = crash_at_two
-    with pytest.raises(RuntimeError, match="power cut"):
-        run(crashed.stream, crashed.learner, checkpoint_dir=tmp_path / "b", progress=False)
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [CHECKPOINT]
-
-    resumed = build(CONFIG)
-    result = run(resumed.stream, resumed.learner, checkpoint_dir=tmp_path / "b", resume=True,
-                 progress=False)
-    assert result.matrix == expected.matrix and result.memory == expected.memory
-    for name, t in full.learner.ewc.tensors().items():
-        assert torch.equal(t, resumed.learner.ewc.tensors()[name])
-    for name, t in full.learner.model.state_dict().items():
-        assert torch.equal(t, resumed.learner.model.state_dict()[name])
-    assert resumed.learner.ewc.consolidations == 3
+    full, resumed = check_resume(CONFIG, tmp_path, crash_at=2)
+    assert sorted(p.name for p in (tmp_path / "crashed").iterdir()) == [CHECKPOINT]
+    assert full.learner.ewc.consolidations == resumed.learner.ewc.consolidations == 3
 
 
 def permuted_digits(seed: int, n_experiences: int = 3) -> Stream:

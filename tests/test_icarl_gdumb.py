@@ -13,6 +13,7 @@ from memkit.buffers.gdumb import GDumb
 from memkit.buffers.herding import Herding
 from memkit.config import build
 from memkit.data import blobs
+from memkit.testing import check_resume
 
 STREAM = {"name": "blobs", "n_classes": 6, "n_experiences": 3, "n_per_class": 60,
           "n_features": 4, "cluster_std": 2.0}
@@ -169,28 +170,7 @@ def test_gdumb_trains_on_the_memory_only():
 
 @pytest.mark.parametrize("cfg", [ICARL, GDUMB], ids=["icarl", "gdumb"])
 def test_resume_after_a_crash_gives_the_uninterrupted_result(cfg, tmp_path):
-    full = build(cfg)
-    expected = run(full.stream, full.learner, checkpoint_dir=tmp_path / "a", progress=False)
-    crashed = build(cfg)
-    learn = crashed.learner.learn
-
-    def crash_at_two(experience):
-        if experience.index == 2:
-            raise RuntimeError("power cut")
-        learn(experience)
-
-    crashed.learner.learn = crash_at_two
-    with pytest.raises(RuntimeError, match="power cut"):
-        run(crashed.stream, crashed.learner, checkpoint_dir=tmp_path / "b", progress=False)
-    resumed = build(cfg)
-    result = run(resumed.stream, resumed.learner, checkpoint_dir=tmp_path / "b", resume=True,
-                 progress=False)
-    assert result.matrix == expected.matrix and result.memory == expected.memory
-    assert resumed.budget.owners == full.budget.owners
-    for name, t in full.learner.memory.tensors().items():
-        assert torch.equal(t, resumed.learner.memory.tensors()[name]), name
-    for name, t in full.learner.state_dict().items():
-        assert torch.equal(t, resumed.learner.state_dict()[name]), name
+    check_resume(cfg, tmp_path, crash_at=2)
 
 
 def test_icarl_refuses_a_state_of_another_shape_before_loading_it():

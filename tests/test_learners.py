@@ -18,7 +18,7 @@ from memkit.data import blobs
 from memkit.run import CHECKPOINT
 from memkit.seeding import derive_generator
 from memkit.streams import Experience, Stream
-from memkit.testing import check_store
+from memkit.testing import check_resume, check_store
 
 BASE = {"name": "tiny", "seed": 3, "budget": "12KB",
         "stream": {"name": "blobs", "n_classes": 6, "n_experiences": 3, "n_per_class": 60},
@@ -46,34 +46,8 @@ def small_stream(seed=1):
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_resume_after_a_crash_gives_the_uninterrupted_result(name, tmp_path):
-    config = CONFIGS[name]
-    full = build(config)
-    expected = run(full.stream, full.learner, checkpoint_dir=tmp_path / "a", progress=False)
-
-    crashed = build(config)
-    learn = crashed.learner.learn
-
-    def crash_at_two(experience):
-        if experience.index == 2:
-            raise RuntimeError("power cut")
-        learn(experience)
-
-    crashed.learner.learn = crash_at_two
-    with pytest.raises(RuntimeError, match="power cut"):
-        run(crashed.stream, crashed.learner, checkpoint_dir=tmp_path / "b", progress=False)
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [CHECKPOINT]
-
-    resumed = build(config)
-    result = run(resumed.stream, resumed.learner, checkpoint_dir=tmp_path / "b", resume=True,
-                 progress=False)
-    assert result.matrix == expected.matrix
-    assert result.memory == expected.memory
-    assert resumed.budget.owners == full.budget.owners
-    state, again = full.learner.state_dict(), resumed.learner.state_dict()
-    assert state.keys() == again.keys() and all(torch.equal(state[k], again[k]) for k in state)
-    for store_name, store in full.learner.stores.items():
-        theirs = resumed.learner.stores[store_name].tensors()
-        assert all(torch.equal(t, theirs[k]) for k, t in store.tensors().items())
+    check_resume(CONFIGS[name], tmp_path, crash_at=2)
+    assert sorted(p.name for p in (tmp_path / "crashed").iterdir()) == [CHECKPOINT]
 
 
 # ---------------------------------------------------------------- finetune

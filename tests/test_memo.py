@@ -17,6 +17,7 @@ from memkit.config import build
 from memkit.data import blobs
 from memkit.registry import get
 from memkit.run import CHECKPOINT
+from memkit.testing import check_resume
 
 LEARNERS = ["memo", "der_expandable"]
 
@@ -231,41 +232,19 @@ def test_both_beat_finetuning_at_the_same_budget():
 
 @pytest.mark.parametrize("name", LEARNERS)
 def test_resume_after_a_crash_gives_the_uninterrupted_result(tmp_path, name):
-    full = build(config(name))
-    expected = run(full.stream, full.learner, checkpoint_dir=tmp_path / "a", progress=False)
+    def check_the_ledger_when_learning(resumed):  # the restored network is charged in full
+        learn = resumed.learner.learn
 
-    crashed = build(config(name))
-    learn = crashed.learner.learn
+        def check_then_learn(experience):
+            assert resumed.budget.charged("model") == module_nbytes(resumed.learner.model)
+            assert len(resumed.learner.model.blocks) == experience.index
+            learn(experience)
 
-    def crash_at_two(experience):
-        if experience.index == 2:
-            raise RuntimeError("power cut")
-        learn(experience)
+        resumed.learner.learn = check_then_learn
 
-    crashed.learner.learn = crash_at_two
-    with pytest.raises(RuntimeError, match="power cut"):
-        run(crashed.stream, crashed.learner, checkpoint_dir=tmp_path / "b", progress=False)
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [CHECKPOINT]
-
-    resumed = build(config(name))
-    learn_resumed = resumed.learner.learn
-
-    def check_the_ledger_then_learn(experience):  # the restored network is charged in full
-        assert resumed.budget.charged("model") == module_nbytes(resumed.learner.model)
-        assert len(resumed.learner.model.blocks) == experience.index
-        learn_resumed(experience)
-
-    resumed.learner.learn = check_the_ledger_then_learn
-    result = run(resumed.stream, resumed.learner, checkpoint_dir=tmp_path / "b", resume=True,
-                 progress=False)
-    assert result.matrix == expected.matrix
-    assert result.memory == expected.memory
-    assert resumed.budget.owners == full.budget.owners
-    for key, t in full.learner.memory.tensors().items():
-        assert torch.equal(t, resumed.learner.memory.tensors()[key])
-    full_state, resumed_state = full.learner.state_dict(), resumed.learner.state_dict()
-    assert full_state.keys() == resumed_state.keys()
-    assert all(torch.equal(t, resumed_state[key]) for key, t in full_state.items())
+    full, resumed = check_resume(config(name), tmp_path, crash_at=2,
+                                 before_resume=check_the_ledger_when_learning)
+    assert sorted(p.name for p in (tmp_path / "crashed").iterdir()) == [CHECKPOINT]
     frozen = [p.requires_grad for p in resumed.learner.model.parameters()]
     assert frozen == [p.requires_grad for p in full.learner.model.parameters()]
 
