@@ -91,8 +91,27 @@ def auc_table(summary: list[dict]) -> dict:
             for (d, m), points in curves.items()}
 
 
+def pivot(summary: list[dict], rows: list[dict], dataset: str) -> str:
+    """Final average accuracy, methods x budgets, for one dataset ("—": does not fit)."""
+    budgets = sorted({r["budget"] for r in rows if r["dataset"] == dataset})
+    cells = {(c["method"], c["budget"]): c for c in summary if c["dataset"] == dataset}
+    lines = [f"**{dataset}**, final average accuracy (mean ± std over seeds) by total budget "
+             f"(model + memory, MB)", "",
+             "| method | " + " | ".join(f"{b / 1e6:.3f}" for b in budgets) + " |",
+             "|---|" + "---:|" * len(budgets)]
+    for method in METHODS:
+        if any(r["method"] == method and r["dataset"] == dataset for r in rows):
+            values = [cells.get((method, b)) for b in budgets]
+            lines.append(f"| {method} | " + " | ".join(
+                "—" if c is None else f"{c['final_average']:.3f} ± {c['final_average_std']:.3f}"
+                for c in values) + " |")
+    return "\n".join(lines)
+
+
 def markdown(summary: list[dict], rows: list[dict], auc: dict) -> str:
-    lines = ["| dataset | method | budget (MB) | final avg acc | forgetting | model KB | "
+    datasets = sorted({r["dataset"] for r in rows})
+    lines = [pivot(summary, rows, d) + "\n" for d in datasets]
+    lines += ["| dataset | method | budget (MB) | final avg acc | forgetting | model KB | "
              "memory KB | exemplars | wall s | runs |", "|---|---|---:|---:|---:|---:|---:|---:|"
              "---:|---:|"]
     for c in summary:
@@ -145,7 +164,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="split_digits, 2 budgets, 1 seed")
     parser.add_argument("--out", type=Path, default=OUT / "budget_sweep")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the Markdown and plot from OUT.json without running")
     args = parser.parse_args()
+    if args.report_only:
+        saved = json.loads(Path(f"{args.out}.json").read_text())
+        print(write_outputs(saved["runs"], args.out, saved["meta"]))
+        return
     if args.quick:
         args.datasets, args.multiples, args.seeds = ["split_digits"], [2.5, 10.0], 1
     torch.set_num_threads(1)
@@ -153,17 +178,22 @@ def main() -> None:
     bar = tqdm(total=len(jobs), desc="budget sweep", unit="run")
     rows = run_grid(jobs, n_jobs=args.jobs, on_result=lambda _: bar.update())
     bar.close()
-    summary = summarise(rows)
-    auc = auc_table(summary)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "python": platform.python_version(),
             "seeds": args.seeds, "multiples": args.multiples, "jobs": args.jobs}
-    Path(f"{args.out}.json").write_text(json.dumps(
+    print(write_outputs(rows, args.out, meta))
+
+
+def write_outputs(rows: list[dict], out: Path, meta: dict) -> str:
+    """Write OUT.json, OUT.md and OUT.png; return the Markdown."""
+    summary = summarise(rows)
+    auc = auc_table(summary)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.json").write_text(json.dumps(
         {"meta": meta, "summary": summary, "auc": auc, "runs": rows}, indent=1))
     table = markdown(summary, rows, auc)
-    Path(f"{args.out}.md").write_text(table)
-    plot(summary, Path(f"{args.out}.png"))
-    print(table)
+    Path(f"{out}.md").write_text(table)
+    plot(summary, Path(f"{out}.png"))
+    return table
 
 
 if __name__ == "__main__":

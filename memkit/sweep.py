@@ -70,13 +70,19 @@ def summarise(rows: Iterable[dict], keys: Sequence[str] = ("dataset", "method", 
         if row["status"] == "ok":
             cells[tuple(row[k] for k in keys)].append(row)
     out = []
-    for cell, members in sorted(cells.items(), key=lambda kv: tuple(map(str, kv[0]))):
+    for cell, members in sorted(cells.items(), key=lambda kv: tuple(map(_order, kv[0]))):
         entry = dict(zip(keys, cell, strict=True)) | {"runs": len(members)}
         for metric in metrics:
             values = np.array([m[metric] for m in members], dtype=float)
             entry[metric], entry[f"{metric}_std"] = values.mean(), values.std()
         out.append(entry)
     return out
+
+
+def _order(value) -> tuple:
+    """Numbers before strings, numbers by value (a budget of 2e5 sorts before 1.5e6)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return (0, value, "") if number else (1, 0, str(value))
 
 
 def area_under_budget_curve(budgets_mb: Sequence[float], accuracy: Sequence[float]) -> float:
