@@ -147,8 +147,11 @@ def plot(summary: list[dict], path: Path) -> None:
                             [c["final_average"] for c in cells],
                             yerr=[c["final_average_std"] for c in cells], marker="o",
                             capsize=3, label=method)
+        budgets = sorted({c["budget"] / 1e6 for c in summary if c["dataset"] == dataset})
         ax.set(title=dataset, xlabel="total budget: model + memory (MB)",
                ylabel="final average accuracy", xscale="log", ylim=(0, 1))
+        ax.set_xticks(budgets, [f"{b:.3g}" for b in budgets], minor=False)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[0][0].legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
