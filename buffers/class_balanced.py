@@ -36,8 +36,7 @@ from memkit.budget import Budget
 from memkit.kernels.reservoir import reservoir_slots
 from memkit.labels import check_classes, check_label_spec, check_labels, classes_in_order
 from memkit.registry import register
-from memkit.seeding import derive_generator
-from memkit.store import SampleMemory, normalize_spec, spec_to_json
+from memkit.store import SampleMemory, normalize_spec
 
 EVICT = {"random": None, "oldest": {"time": ((), torch.int64)},
          "rank": {"rank": ((), torch.float32)}}
@@ -61,13 +60,13 @@ class ClassBalanced(SampleMemory):
         check_label_spec(normalize_spec(spec), "ClassBalanced")
         if evict not in EVICT:
             raise ValueError(f"ClassBalanced: evict expected one of {list(EVICT)}, got {evict!r}")
-        super().__init__(spec, budget, owner=owner, nbytes=nbytes, codec=codec, aux=EVICT[evict])
-        self.evict, self.seed = evict, seed
+        super().__init__(spec, budget, owner=owner, nbytes=nbytes, codec=codec, aux=EVICT[evict],
+                         seed=seed)
+        self.evict = evict
         self.classes: list[int] = []
         """Classes in the order they arrived (the first ones get the remainder slots)."""
         self.seen: list[int] = []
         """Items of each class offered so far (its reservoir's stream position)."""
-        self._adds = 0
 
     def quotas(self, capacity: int | None = None) -> dict[int, int]:
         """Class -> quota for ``capacity`` slots (this buffer's by default)."""
@@ -84,7 +83,7 @@ class ClassBalanced(SampleMemory):
         seen = dict(zip(self.classes, self.seen, strict=True))
         self.classes += [c for c in arrivals if c not in seen]
         quota = self.quotas()
-        generator = derive_generator(self.seed, "add", self._adds)
+        generator = self._generator("add")
         evicted = self._remove(self._over_quota(quota, generator))
         rows, slots = self._reservoirs(labels, arrivals, quota, seen, generator)
         replaced = slots[slots < self._size]
@@ -95,7 +94,7 @@ class ClassBalanced(SampleMemory):
         self._write(slots, batch[rows], **aux)
         self._size += len(slots) - len(replaced)
         self.seen = [seen.get(c, 0) + int((labels == c).sum()) for c in self.classes]
-        self._adds += 1
+        self._updates += 1
         return evicted
 
     def _reservoirs(self, labels: torch.Tensor, arrivals: list[int], quota: Mapping[int, int],
@@ -142,7 +141,7 @@ class ClassBalanced(SampleMemory):
 
     def _keep(self, capacity: int) -> torch.Tensor:
         """Each class keeps its new quota of items, chosen by the eviction rule."""
-        generator = derive_generator(self.seed, "shrink", self._adds)
+        generator = self._generator("shrink")
         labels = self._slots["y"][: self._size]
         keep = [torch.empty(0, dtype=torch.int64)]
         for c, quota in self.quotas(capacity).items():
@@ -150,11 +149,6 @@ class ClassBalanced(SampleMemory):
             order = self._eviction_order(members, generator)
             keep.append(members[order[max(len(members) - quota, 0):]])
         return torch.cat(keep).sort().values
-
-    def resize(self, nbytes: int | str) -> Batch:
-        evicted = super().resize(nbytes)
-        self._adds += 1  # the next draws must not repeat the ones the shrink used
-        return evicted
 
     def _check_rank(self, batch: Batch, rank) -> torch.Tensor | None:
         if self.evict != "rank":
@@ -171,21 +165,18 @@ class ClassBalanced(SampleMemory):
         return rank.to(torch.float32)
 
     def config(self) -> dict:
-        return {"spec": spec_to_json(self.spec), "owner": self.owner, "nbytes": self.nbytes,
-                "codec": self.codec.name, "evict": self.evict, "seed": self.seed}
+        return {**super().config(), "evict": self.evict, "seed": self.seed}
 
     def extra_state(self) -> dict:
-        return {**super().extra_state(), "classes": list(self.classes), "seen": list(self.seen),
-                "adds": self._adds}
+        return {**super().extra_state(), "classes": list(self.classes), "seen": list(self.seen)}
 
     def load_extra_state(self, extra: Mapping) -> None:
         classes, seen = check_classes(extra, "ClassBalanced"), [int(n) for n in extra["seen"]]
-        adds = int(extra["adds"])
-        if len(seen) != len(classes) or min(seen, default=0) < 0 or adds < 0:
-            raise ValueError(f"ClassBalanced: saved seen {extra['seen']} and adds {adds} do not "
-                             f"fit the saved classes {classes}")
+        if len(seen) != len(classes) or min(seen, default=0) < 0:
+            raise ValueError(f"ClassBalanced: saved seen {extra['seen']} does not fit the saved "
+                             f"classes {classes}")
         super().load_extra_state(extra)
-        self.classes, self.seen, self._adds = classes, seen, adds
+        self.classes, self.seen = classes, seen
 
 
 def equal_quotas(capacity: int, n_classes: int) -> list[int]:

@@ -20,7 +20,6 @@ ones this batch added.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
 
 import torch
 
@@ -28,8 +27,7 @@ from memkit.batch import Batch, Spec
 from memkit.budget import Budget
 from memkit.labels import check_label_spec, check_labels
 from memkit.registry import register
-from memkit.seeding import derive_generator
-from memkit.store import SampleMemory, normalize_spec, spec_to_json
+from memkit.store import SampleMemory, normalize_spec
 
 
 @register("store", "gdumb")
@@ -44,9 +42,7 @@ class GDumb(SampleMemory):
     def __init__(self, spec: Spec, budget: Budget | int | str, *, owner: str = "gdumb",
                  nbytes: int | str | None = None, codec: str = "raw", seed: int = 0):
         check_label_spec(normalize_spec(spec), "GDumb")
-        super().__init__(spec, budget, owner=owner, nbytes=nbytes, codec=codec)
-        self.seed = seed
-        self._adds = 0
+        super().__init__(spec, budget, owner=owner, nbytes=nbytes, codec=codec, seed=seed)
 
     def class_counts(self) -> dict[int, int]:
         """Class -> items held."""
@@ -69,7 +65,7 @@ class GDumb(SampleMemory):
         self._write(torch.cat([size + torch.arange(fill), taken]),
                     batch[torch.cat([rows, later[~into_fill]])])
         self._size += fill
-        self._adds += 1
+        self._updates += 1
         return evicted
 
     def _decide(self, labels: torch.Tensor, fill: int) -> dict[int, int]:
@@ -77,7 +73,7 @@ class GDumb(SampleMemory):
         if fill == len(labels):
             return {}
         draws = torch.rand(len(labels) - fill, dtype=torch.float64,
-                           generator=derive_generator(self.seed, "add", self._adds))
+                           generator=self._generator("add"))
         greedy = _Greedy(self._labels(), labels[:fill], self._size)
         return greedy.offer(labels[fill:].tolist(), draws.tolist(), first_row=fill)
 
@@ -86,7 +82,7 @@ class GDumb(SampleMemory):
 
     def _keep(self, capacity: int) -> torch.Tensor:
         """The greedy rule applied to a shrink: evict random items of the largest classes."""
-        generator = derive_generator(self.seed, "shrink", self._adds)
+        generator = self._generator("shrink")
         labels = self._labels()
         classes, counts = torch.unique(labels, return_counts=True)
         keep = [torch.empty(0, dtype=torch.int64)]
@@ -96,24 +92,9 @@ class GDumb(SampleMemory):
             keep.append(members[torch.randperm(len(members), generator=generator)[:target]])
         return torch.cat(keep).sort().values
 
-    def resize(self, nbytes: int | str) -> Batch:
-        evicted = super().resize(nbytes)
-        self._adds += 1  # the next draws must not repeat the ones the shrink used
-        return evicted
-
     def config(self) -> dict:
-        return {"spec": spec_to_json(self.spec), "owner": self.owner, "nbytes": self.nbytes,
-                "codec": self.codec.name, "seed": self.seed}
+        return {**super().config(), "seed": self.seed}
 
-    def extra_state(self) -> dict:
-        return {**super().extra_state(), "adds": self._adds}
-
-    def load_extra_state(self, extra: Mapping) -> None:
-        adds = int(extra["adds"])
-        if adds < 0:
-            raise ValueError(f"GDumb: a saved add count must be >= 0, got {adds}")
-        super().load_extra_state(extra)
-        self._adds = adds
 
 
 class _Greedy:

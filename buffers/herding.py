@@ -34,7 +34,7 @@ from memkit.budget import Budget
 from memkit.kernels.herding import herding_select
 from memkit.labels import check_classes, check_label_spec, check_labels, classes_in_order
 from memkit.registry import register
-from memkit.store import SampleMemory, normalize_spec, spec_to_json
+from memkit.store import SampleMemory, normalize_spec
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -114,10 +114,6 @@ class Herding(SampleMemory):
         if not given.is_floating_point() or not torch.isfinite(given).all():
             raise ValueError("Herding.add: expected finite floating-point features")
         return given.detach()
-
-    def config(self) -> dict:
-        return {"spec": spec_to_json(self.spec), "owner": self.owner, "nbytes": self.nbytes,
-                "codec": self.codec.name}
 
     def extra_state(self) -> dict:
         return {**super().extra_state(), "classes": list(self.classes)}

@@ -17,8 +17,7 @@ from memkit.batch import Batch, Spec
 from memkit.budget import Budget
 from memkit.kernels.reservoir import reservoir_slots
 from memkit.registry import register
-from memkit.seeding import derive_generator
-from memkit.store import SampleMemory, spec_to_json
+from memkit.store import SampleMemory
 
 
 @register("store", "reservoir")
@@ -34,40 +33,32 @@ class Reservoir(SampleMemory):
 
     def __init__(self, spec: Spec, budget: Budget | int | str, *, owner: str = "reservoir",
                  nbytes: int | str | None = None, codec: str = "raw", seed: int = 0):
-        super().__init__(spec, budget, owner=owner, nbytes=nbytes, codec=codec)
-        self.seed = seed
+        super().__init__(spec, budget, owner=owner, nbytes=nbytes, codec=codec, seed=seed)
         self.seen = 0
-        self._adds = 0
 
     def add(self, batch: Batch) -> Batch:
         self._check(batch)
         rows, slots = reservoir_slots(self.seen, len(batch), self.capacity,
-                                      derive_generator(self.seed, "add", self._adds))
+                                      self._generator("add"))
         evicted = self._read(slots[slots < self._size])
         self._write(slots, batch[rows])
         self.seen += len(batch)
-        self._adds += 1
+        self._updates += 1
         self._size = min(self.seen, self.capacity)
         return evicted
 
     def _keep(self, capacity: int) -> torch.Tensor:
         """A uniform random subset: a uniform sample of a uniform sample stays uniform."""
-        generator = derive_generator(self.seed, "shrink", self._adds)
+        generator = self._generator("shrink")
         return torch.randperm(self._size, generator=generator)[:capacity].sort().values
 
-    def resize(self, nbytes: int | str) -> Batch:
-        evicted = super().resize(nbytes)
-        self._adds += 1  # the next draws must not repeat the ones the shrink used
-        return evicted
-
     def config(self) -> dict:
-        return {"spec": spec_to_json(self.spec), "owner": self.owner, "nbytes": self.nbytes,
-                "codec": self.codec.name, "seed": self.seed}
+        return {**super().config(), "seed": self.seed}
 
     def extra_state(self) -> dict:
-        return {**super().extra_state(), "seen": self.seen, "adds": self._adds}
+        return {**super().extra_state(), "seen": self.seen}
 
     def load_extra_state(self, extra: Mapping) -> None:
-        seen, adds = int(extra["seen"]), int(extra["adds"])
+        seen = int(extra["seen"])
         super().load_extra_state(extra)
-        self.seen, self._adds = seen, adds
+        self.seen = seen

@@ -20,7 +20,7 @@ import torch
 from memkit.batch import Batch, Spec
 from memkit.budget import Budget
 from memkit.registry import register
-from memkit.store import SampleMemory, spec_to_json
+from memkit.store import SampleMemory
 
 
 @register("store", "ring")
@@ -63,10 +63,6 @@ class Ring(SampleMemory):
         age = (keep - (self.head - self._size)) % self.capacity  # 0 for the oldest held item
         super()._reallocate(capacity, keep[torch.argsort(age)])
         self.head = self._size % capacity
-
-    def config(self) -> dict:
-        return {"spec": spec_to_json(self.spec), "owner": self.owner, "nbytes": self.nbytes,
-                "codec": self.codec.name}
 
     def extra_state(self) -> dict:
         return {**super().extra_state(), "head": self.head}

@@ -21,6 +21,7 @@ from memkit.budget import Budget, BudgetExceeded, parse_size
 from memkit.codecs import Codec, get_codec
 from memkit.io import load_tensors, read_manifest, save_tensors
 from memkit.kernels.sampling import sample_distinct
+from memkit.seeding import derive_generator
 
 
 class Store(abc.ABC):
@@ -149,8 +150,11 @@ class SampleMemory(Store):
     """Config keys a saved state may differ in: ``load`` resizes to the saved capacity."""
 
     def __init__(self, spec: Spec, budget: Budget | int | str, *, owner: str = "memory",
-                 nbytes: int | str | None = None, codec: str = "raw", aux: Spec | None = None):
+                 nbytes: int | str | None = None, codec: str = "raw", aux: Spec | None = None,
+                 seed: int = 0):
         super().__init__(budget, owner)
+        self.seed = seed
+        self._updates = 0
         self.spec = normalize_spec(spec)
         self.codec = _payload_codec(codec, self.spec)
         aux = normalize_spec(aux) if aux else {}
@@ -201,7 +205,16 @@ class SampleMemory(Store):
         self._reallocate(capacity, keep)
         if grow < 0:
             self.budget.release(self.owner, -grow)
+        self._updates += 1  # later draws must not repeat the ones the shrink used
         return evicted
+
+    def _generator(self, purpose: str) -> torch.Generator:
+        """The draws of the current update: ``derive_generator(seed, purpose, updates so far)``.
+
+        A method calls it once per update and counts the update in ``_updates``,
+        so a reloaded memory continues with the draws the original would make.
+        """
+        return derive_generator(self.seed, purpose, self._updates)
 
     def _remove(self, slots: torch.Tensor) -> Batch:
         """Evict the items in ``slots`` (distinct) and return them, keeping the held slots a prefix.
@@ -266,14 +279,19 @@ class SampleMemory(Store):
     def tensors(self) -> dict[str, torch.Tensor]:
         return {**self._slots, **{f"codec.{k}": v for k, v in self._codec_state.items()}}
 
+    def config(self) -> dict:
+        return {"spec": spec_to_json(self.spec), "owner": self.owner, "nbytes": self.nbytes,
+                "codec": self.codec.name}
+
     def extra_state(self) -> dict:
-        return {"fitted": self._fitted, "size": self._size}
+        return {"fitted": self._fitted, "size": self._size, "updates": self._updates}
 
     def load_extra_state(self, extra: Mapping) -> None:
-        fitted, size = bool(extra["fitted"]), int(extra["size"])
-        if size < 0:
-            raise ValueError(f"{type(self).__name__}: a saved size must be >= 0, got {size}")
-        self._fitted, self._size = fitted, size
+        fitted, size, updates = bool(extra["fitted"]), int(extra["size"]), int(extra["updates"])
+        if size < 0 or updates < 0:
+            raise ValueError(f"{type(self).__name__}: saved size and update count must be >= 0, "
+                             f"got {size} and {updates}")
+        self._fitted, self._size, self._updates = fitted, size, updates
 
     def __len__(self) -> int:
         return self._size

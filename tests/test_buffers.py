@@ -318,8 +318,8 @@ def test_an_empty_batch_changes_nothing(make):
     assert len(store.add(items([], []))) == 0
     after = store.state_dict()
     assert all(torch.equal(v, after["tensors"][k]) for k, v in before[0].items())
-    assert {k: v for k, v in after["extra"].items() if k != "adds"} == \
-        {k: v for k, v in before[1].items() if k != "adds"}
+    assert {k: v for k, v in after["extra"].items() if k != "updates"} == \
+        {k: v for k, v in before[1].items() if k != "updates"}
 
 
 @pytest.mark.parametrize("memory", [{"name": "ring"}, {"name": "gdumb"},
