@@ -43,20 +43,20 @@ class Ring(SampleMemory):
         n = len(batch)
         rows = torch.arange(max(n - self.capacity, 0), n)  # earlier rows would be overwritten
         slots = (self.head + rows) % self.capacity
-        evicted = self._read(self._age_order()[: int((slots < self._size).sum())])
+        evicted = self._read(self._oldest(int((slots < self._size).sum())))
         self._write(slots, batch[rows])
         self.head = (self.head + n) % self.capacity
         self._size = min(self._size + n, self.capacity)
         return evicted
 
-    def _age_order(self) -> torch.Tensor:
-        """The held slots from the oldest item to the newest."""
+    def _oldest(self, n: int) -> torch.Tensor:
+        """The slots of the ``n`` oldest held items, oldest first: O(n), not O(capacity)."""
         oldest = (self.head - self._size) % self.capacity
-        return (oldest + torch.arange(self._size)) % self.capacity
+        return (oldest + torch.arange(n)) % self.capacity
 
     def _keep(self, capacity: int) -> torch.Tensor:
         """The newest ``capacity`` items, oldest first."""
-        return self._age_order()[self._size - capacity:]
+        return self._oldest(self._size)[self._size - capacity:]
 
     def _reallocate(self, capacity: int, keep: torch.Tensor) -> None:
         """Lay the survivors out oldest first: a growth, too, must unroll the circle."""
