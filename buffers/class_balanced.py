@@ -20,9 +20,13 @@ Learning from Imbalanced Data", ICML 2020):
 
 A class never holds more than its quota: after an experience it holds
 ``min(items seen, quota)``, and a class with fewer items than its quota
-leaves its spare slots empty. The helpers at the end (label checks, evicting
-slots while the held ones stay a prefix) are shared with ``herding`` and
-``gdumb``.
+leaves its spare slots empty.
+
+Cost: the slots each class holds are indexed in slot order (derived state,
+rebuilt from the labels held when a new class changes the quotas, after a
+resize and after a load), and the per-class reservoirs of a whole batch are
+drawn in one vectorised pass (``class_reservoirs``), so an ``add`` of known
+classes does O(batch + classes) work whatever the capacity.
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ import torch
 
 from memkit.batch import Batch, Spec
 from memkit.budget import Budget
-from memkit.kernels.reservoir import reservoir_slots
 from memkit.labels import check_classes, check_label_spec, check_labels, classes_in_order
 from memkit.registry import register
 from memkit.store import SampleMemory, normalize_spec
@@ -67,6 +70,8 @@ class ClassBalanced(SampleMemory):
         """Classes in the order they arrived (the first ones get the remainder slots)."""
         self.seen: list[int] = []
         """Items of each class offered so far (its reservoir's stream position)."""
+        self._held: _HeldByClass | None = None
+        """The held slots of each class, or None when they must be rebuilt from the labels."""
 
     def quotas(self, capacity: int | None = None) -> dict[int, int]:
         """Class -> quota for ``capacity`` slots (this buffer's by default)."""
@@ -80,12 +85,14 @@ class ClassBalanced(SampleMemory):
         labels = batch.y.to(torch.int64)
         arrivals = classes_in_order(labels)
         position = sum(self.seen)  # the stream position of the batch's first row
-        seen = dict(zip(self.classes, self.seen, strict=True))
-        self.classes += [c for c in arrivals if c not in seen]
-        quota = self.quotas()
+        known = set(self.classes)
+        new = [c for c in arrivals if c not in known]
+        if new:
+            self.classes, self.seen = self.classes + new, self.seen + [0] * len(new)
+            self._held = None  # the quotas changed
         generator = self._generator("add")
-        evicted = self._remove(self._over_quota(quota, generator))
-        rows, slots = self._reservoirs(labels, arrivals, quota, seen, generator)
+        evicted = self._remove(self._over_quota(generator))
+        rows, slots = self._reservoirs(labels, arrivals, generator)
         replaced = slots[slots < self._size]
         evicted = Batch.cat([evicted, self._read(replaced)])
         aux = {"time": position + rows} if self.evict == "oldest" else {}
@@ -93,43 +100,48 @@ class ClassBalanced(SampleMemory):
             aux["rank"] = rank[rows]
         self._write(slots, batch[rows], **aux)
         self._size += len(slots) - len(replaced)
-        self.seen = [seen.get(c, 0) + int((labels == c).sum()) for c in self.classes]
         self._updates += 1
         return evicted
 
-    def _reservoirs(self, labels: torch.Tensor, arrivals: list[int], quota: Mapping[int, int],
-                    seen: Mapping[int, int], generator: torch.Generator
+    def _reservoirs(self, labels: torch.Tensor, arrivals: list[int], generator: torch.Generator
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows of the batch that enter and their slots: Algorithm R within each class.
 
         Reservoir slot ``j`` of a class is its ``j``-th held item in slot order;
         a ``j`` past the items it holds is a free slot, taken in turn after the
-        held ones.
+        held ones. Also counts the batch in ``seen`` and the free slots taken in
+        the index of held slots. O(batch + classes).
         """
-        held_labels = self._slots["y"][: self._size]
-        empty = torch.empty(0, dtype=torch.int64)
-        rows, slots, free = [empty], [empty], 0
-        for c in arrivals:
-            members = torch.nonzero(labels == c).squeeze(1)
-            held = torch.nonzero(held_labels == c).squeeze(1)
-            picked, virtual = reservoir_slots(seen.get(c, 0), len(members), quota[c], generator)
-            fresh = virtual >= len(held)  # a suffix: ``virtual`` is sorted
-            new = self._size + free + torch.arange(int(fresh.sum()))
-            rows.append(members[picked])
-            slots.append(torch.cat([held[virtual[~fresh]], new]))
-            free += len(new)
-        return torch.cat(rows), torch.cat(slots)
+        held = self._index()
+        arrival = position_in(labels, arrivals)  # each row's class, by arrival in the batch
+        index = torch.tensor([held.position[c] for c in arrivals], dtype=torch.int64)
+        seen = torch.tensor(self.seen, dtype=torch.int64)
+        rows, group, virtual = class_reservoirs(arrival, seen[index], held.quota[index], generator)
+        group = index[group]
+        fresh = virtual >= held.count[group]
+        slots = torch.empty_like(rows)
+        slots[~fresh] = held.table[held.start[group[~fresh]] + virtual[~fresh]]
+        slots[fresh] = self._size + torch.arange(int(fresh.sum()))
+        held.append(group[fresh], slots[fresh])
+        self.seen = (seen + torch.bincount(index[arrival], minlength=len(seen))).tolist()
+        return rows, slots
 
-    def _over_quota(self, quota: Mapping[int, int], generator: torch.Generator) -> torch.Tensor:
-        """Slots the rule evicts so that no class holds more than its quota."""
-        labels = self._slots["y"][: self._size]
+    def _over_quota(self, generator: torch.Generator) -> torch.Tensor:
+        """Slots the rule evicts so that no class holds more than its quota: O(classes) to check."""
+        held = self._index()
         victims = [torch.empty(0, dtype=torch.int64)]
-        for c in self.classes:
-            members = torch.nonzero(labels == c).squeeze(1)
-            excess = len(members) - quota[c]
-            if excess > 0:
-                victims.append(members[self._eviction_order(members, generator)[:excess]])
+        for i in torch.nonzero(held.count > held.quota).squeeze(1).tolist():
+            members = held.members(i)
+            excess = len(members) - int(held.quota[i])
+            victims.append(members[self._eviction_order(members, generator)[:excess]])
         return torch.cat(victims)
+
+    def _index(self) -> _HeldByClass:
+        """The held slots of each class; rebuilt from the labels held when it is out of date."""
+        if self._held is None:
+            self._held = _HeldByClass(self._slots["y"][: self._size].to(torch.int64),
+                                      self.classes, list(self.quotas().values()))
+        return self._held
 
     def _eviction_order(self, members: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A permutation of ``members`` (slots of one class): the first is evicted first."""
@@ -142,13 +154,34 @@ class ClassBalanced(SampleMemory):
     def _keep(self, capacity: int) -> torch.Tensor:
         """Each class keeps its new quota of items, chosen by the eviction rule."""
         generator = self._generator("shrink")
-        labels = self._slots["y"][: self._size]
+        held = self._index()
         keep = [torch.empty(0, dtype=torch.int64)]
-        for c, quota in self.quotas(capacity).items():
-            members = torch.nonzero(labels == c).squeeze(1)
+        for i, quota in enumerate(equal_quotas(capacity, len(self.classes))):
+            members = held.members(i)
             order = self._eviction_order(members, generator)
             keep.append(members[order[max(len(members) - quota, 0):]])
         return torch.cat(keep).sort().values
+
+    def _remove(self, slots: torch.Tensor) -> Batch:
+        if len(slots):
+            self._held = None  # compaction moves items: rebuild the index when next needed
+        return super()._remove(slots)
+
+    def _reallocate(self, capacity: int, keep: torch.Tensor) -> None:
+        super()._reallocate(capacity, keep)
+        self._held = None
+
+    def _adopt(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        super()._adopt(tensors)
+        self._held = None
+
+    def _check_adoptable(self, tensors: Mapping[str, torch.Tensor], extra: Mapping) -> None:
+        super()._check_adoptable(tensors, extra)
+        held = torch.unique(tensors["y"][: int(extra["size"])]).tolist()
+        unknown = sorted(set(held) - set(check_classes(extra, "ClassBalanced")))
+        if unknown:
+            raise ValueError(f"ClassBalanced.load_state_dict: held labels {unknown} are not "
+                             f"among the saved classes {extra['classes']}")
 
     def _check_rank(self, batch: Batch, rank) -> torch.Tensor | None:
         if self.evict != "rank":
@@ -183,3 +216,71 @@ def equal_quotas(capacity: int, n_classes: int) -> list[int]:
     """``capacity // n_classes`` each; the first ``capacity % n_classes`` classes get one more."""
     base, extra = divmod(capacity, max(n_classes, 1))
     return [base + (i < extra) for i in range(n_classes)]
+
+
+def class_reservoirs(group: torch.Tensor, seen: torch.Tensor, quota: torch.Tensor,
+                     generator: torch.Generator | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Algorithm R on each class's own stream, for a whole batch in one pass.
+
+    Row ``i`` is of class ``group[i]``; class ``g`` has seen ``seen[g]`` items
+    before the batch and has a reservoir of ``quota[g]`` slots. Returns the
+    rows that enter, their class and their reservoir slot, sorted by class then
+    slot: the same as ``reservoir_slots(seen[g], rows of g, quota[g], generator)``
+    called for ``g = 0, 1, ...`` in turn (the draws are taken in that order).
+    O(batch log batch), whatever the quotas.
+    """
+    order = torch.argsort(group, stable=True)
+    group = group[order]
+    counts = torch.bincount(group, minlength=len(seen))
+    t = seen[group] + torch.arange(len(group)) - (torch.cumsum(counts, 0) - counts)[group]
+    u = torch.rand(len(group), dtype=torch.float64, generator=generator)
+    draw = torch.floor(u * (t + 1).to(torch.float64)).to(torch.int64)
+    virtual = torch.where(t < quota[group], t, draw)
+    enter = torch.nonzero(virtual < quota[group]).squeeze(1)
+    by = enter[torch.argsort(virtual[enter], stable=True)]
+    by = by[torch.argsort(group[by], stable=True)]  # by class, then slot, then row
+    group, virtual = group[by], virtual[by]
+    last = torch.ones_like(by, dtype=torch.bool)  # when rows draw one slot, the later stays
+    last[:-1] = (group[1:] != group[:-1]) | (virtual[1:] != virtual[:-1])
+    return order[by[last]], group[last], virtual[last]
+
+
+def position_in(values: torch.Tensor, keys: list[int]) -> torch.Tensor:
+    """The position in ``keys`` (distinct) of each of ``values`` (each one of the keys)."""
+    ordered, perm = torch.sort(torch.tensor(keys, dtype=torch.int64))
+    return perm[torch.searchsorted(ordered, values)]
+
+
+class _HeldByClass:
+    """The slots each class holds, in slot order, as segments of one tensor.
+
+    Class ``classes[i]`` holds ``count[i]`` slots, ``table[start[i]:][:count[i]]``;
+    its segment has room for ``max(count, quota)`` so the free slots it takes
+    are appended in place. Built from the held labels in O(size log size); it
+    is derived state, rebuilt whenever the quotas change or slots are compacted.
+    """
+
+    def __init__(self, labels: torch.Tensor, classes: list[int], quota: list[int]):
+        self.position = {c: i for i, c in enumerate(classes)}
+        self.quota = torch.tensor(quota, dtype=torch.int64)
+        index = position_in(labels, classes)
+        room = torch.maximum(torch.bincount(index, minlength=len(classes)), self.quota)
+        self.start = torch.cumsum(room, 0) - room
+        self.table = torch.empty(int(room.sum()), dtype=torch.int64)
+        self.count = torch.zeros(len(classes), dtype=torch.int64)
+        self.append(index, torch.arange(len(labels)))
+
+    def members(self, i: int) -> torch.Tensor:
+        """The slots class ``classes[i]`` holds, ascending."""
+        start = int(self.start[i])
+        return self.table[start : start + int(self.count[i])]
+
+    def append(self, index: torch.Tensor, slots: torch.Tensor) -> None:
+        """Give ``slots`` (above every held slot, ascending within a class) to classes ``index``."""
+        added = torch.bincount(index, minlength=len(self.count))
+        order = torch.argsort(index, stable=True)
+        index = index[order]
+        rank = torch.arange(len(index)) - (torch.cumsum(added, 0) - added)[index]
+        self.table[self.start[index] + self.count[index] + rank] = slots[order]
+        self.count += added

@@ -11,15 +11,22 @@ The rule is sequential (each decision depends on the counts the previous ones
 left), so ``add`` offers the batch's items in order: the rows that fit the free
 slots are written in one step, and only the decisions for the rest walk the
 rows, doing O(log classes) integer work each (class counts in a heap; ties
-between largest classes go to the lowest label) and touching no tensor; the
-evicted items are read and the new ones written in one step at the end. The
-victim is uniform over the items its class holds at that moment, including
-ones this batch added.
+between largest classes go to the lowest label); the evicted items are read
+and the new ones written in one step at the end. The victim is uniform over
+the items its class holds at that moment, including ones this batch added: the
+first of a stream of uniform random slots that holds that class (rejection
+sampling: on average at most as many draws as classes held, since the class is
+a largest one). The class counts are kept across adds and recounted from the
+labels after a resize or a load, so an ``add`` costs O(batch + classes) plus
+those draws per eviction, whatever the capacity; no per-class slot list is
+kept, whose order a reloaded memory could not reproduce.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
+from collections.abc import Mapping
 
 import torch
 
@@ -28,6 +35,9 @@ from memkit.budget import Budget
 from memkit.labels import check_label_spec, check_labels
 from memkit.registry import register
 from memkit.store import SampleMemory, normalize_spec
+
+_DRAWS, _HITS = 512, 4
+"""A block of random slots has at least ``_DRAWS`` slots and on average ``_HITS`` victims."""
 
 
 @register("store", "gdumb")
@@ -43,18 +53,24 @@ class GDumb(SampleMemory):
                  nbytes: int | str | None = None, codec: str = "raw", seed: int = 0):
         check_label_spec(normalize_spec(spec), "GDumb")
         super().__init__(spec, budget, owner=owner, nbytes=nbytes, codec=codec, seed=seed)
+        self._held: dict[int, int] | None = None
+        """Class -> items held, or None when it must be counted from the labels."""
 
     def class_counts(self) -> dict[int, int]:
-        """Class -> items held."""
-        classes, counts = torch.unique(self._labels(), return_counts=True)
-        return dict(zip(classes.tolist(), counts.tolist(), strict=True))
+        """Class -> items held, in label order."""
+        return {c: n for c, n in sorted(self._counts().items()) if n}
 
     def add(self, batch: Batch) -> Batch:
         self._check(batch)
         check_labels(batch.y, "GDumb.add")
         labels = batch.y.to(torch.int64)
         size, fill = self._size, min(len(batch), self.capacity - self._size)
-        placed = self._decide(labels, fill)
+        counts = self._counts()
+        self._held = None  # recounted from the labels should this add fail half-way
+        classes, arrived = torch.unique(labels[:fill], return_counts=True)
+        for c, n in zip(classes.tolist(), arrived.tolist(), strict=True):
+            counts[c] = counts.get(c, 0) + n
+        placed = self._decide(labels, fill, counts)
         slots = torch.tensor(list(placed), dtype=torch.int64)
         later = torch.tensor(list(placed.values()), dtype=torch.int64)
         rows = torch.arange(fill)  # row i fills slot size + i ...
@@ -66,19 +82,25 @@ class GDumb(SampleMemory):
                     batch[torch.cat([rows, later[~into_fill]])])
         self._size += fill
         self._updates += 1
+        self._held = counts
         return evicted
 
-    def _decide(self, labels: torch.Tensor, fill: int) -> dict[int, int]:
+    def _decide(self, labels: torch.Tensor, fill: int, counts: dict[int, int]) -> dict[int, int]:
         """Slot -> row for the rows offered once the free slots are filled (see ``_Greedy``)."""
         if fill == len(labels):
             return {}
-        draws = torch.rand(len(labels) - fill, dtype=torch.float64,
-                           generator=self._generator("add"))
-        greedy = _Greedy(self._labels(), labels[:fill], self._size)
-        return greedy.offer(labels[fill:].tolist(), draws.tolist(), first_row=fill)
+        greedy = _Greedy(counts, self._labels(), labels[:fill], self._generator("add"))
+        return greedy.offer(labels[fill:].tolist(), first_row=fill)
+
+    def _counts(self) -> dict[int, int]:
+        """Class -> items held, kept by ``add``; rebuilt from the labels after a resize or load."""
+        if self._held is None:
+            classes, counts = torch.unique(self._labels(), return_counts=True)
+            self._held = dict(zip(classes.tolist(), counts.tolist(), strict=True))
+        return self._held
 
     def _labels(self) -> torch.Tensor:
-        return self._slots["y"][: self._size].to(torch.int64)
+        return self._slots["y"][: self._size]
 
     def _keep(self, capacity: int) -> torch.Tensor:
         """The greedy rule applied to a shrink: evict random items of the largest classes."""
@@ -92,44 +114,96 @@ class GDumb(SampleMemory):
             keep.append(members[torch.randperm(len(members), generator=generator)[:target]])
         return torch.cat(keep).sort().values
 
+    def _reallocate(self, capacity: int, keep: torch.Tensor) -> None:
+        super()._reallocate(capacity, keep)
+        self._held = None
+
+    def _adopt(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        super()._adopt(tensors)
+        self._held = None
+
     def config(self) -> dict:
         return {**super().config(), "seed": self.seed}
-
 
 
 class _Greedy:
     """GDumb's decisions for the items that arrive once the memory is full, item by item.
 
-    ``held`` are the labels in the occupied slots, ``filling`` those of the
-    rows that take the free slots from ``size`` on. Slot lists of a class are
-    built from the labels the first time its count changes.
+    ``counts`` (class -> items held, updated in place) covers the ``held``
+    labels of the occupied slots and the ``filling`` labels of the rows that
+    take the free slots after them; a heap of the counts gives the largest
+    class. The victim is found by rejection: it is the next slot of a stream
+    of uniform random slots (``torch.randint``, drawn in blocks) that holds
+    the largest class now. That is a uniform item of the class, needs no
+    per-class slot list, and takes ``slots / items of the class`` draws on
+    average: at most the number of classes held, since the class is a largest
+    one. A block holds about ``_HITS`` such items and is searched at C speed.
     """
 
-    def __init__(self, held: torch.Tensor, filling: torch.Tensor, size: int):
-        self.held, self.filling, self.size = held, filling, size
-        classes, counts = torch.unique(torch.cat([held, filling]), return_counts=True)
-        self.counts = dict(zip(classes.tolist(), counts.tolist(), strict=True))
-        self.heap = [(-n, c) for c, n in self.counts.items()]
+    def __init__(self, counts: dict[int, int], held: torch.Tensor, filling: torch.Tensor,
+                 generator: torch.Generator):
+        self.counts, self.held, self.filling, self.generator = counts, held, filling, generator
+        self.heap = [(-n, c) for c, n in counts.items()]
         heapq.heapify(self.heap)
-        self.members: dict[int, list[int]] = {}
+        self.relabelled: dict[int, int] = {}
+        """Slot -> class of the row this add put there."""
+        self.slots: list[int] = []
+        """The current block of the random stream, from ``cursor`` on: slots ..."""
+        self.labels: list[int] = []
+        """... and the class each holds now."""
+        self.cursor = 0
 
-    def offer(self, labels: list[int], draws: list[float], first_row: int) -> dict[int, int]:
+    def offer(self, labels: list[int], first_row: int) -> dict[int, int]:
         """Slot -> the last row written there (in the order the slots were first taken)."""
         placed: dict[int, int] = {}
-        for row, (c, u) in enumerate(zip(labels, draws, strict=True), start=first_row):
+        for row, c in enumerate(labels, start=first_row):
             most, largest = self._largest()
             if self.counts.get(c, 0) >= most:
                 continue  # its class is a largest one: dropped
-            victims = self._slots_of(largest)
-            j = min(int(u * len(victims)), len(victims) - 1)
-            slot = victims[j]
-            victims[j] = victims[-1]
-            victims.pop()
-            self._slots_of(c).append(slot)
+            slot = self._victim(largest, most)
+            self._relabel(slot, c)
             placed[slot] = row
             self._count(largest, -1)
             self._count(c, +1)
         return placed
+
+    def _victim(self, c: int, held: int) -> int:
+        """The next slot of the random stream that holds class ``c`` (which holds ``held``)."""
+        while True:
+            try:
+                at = self.labels.index(c, self.cursor)
+            except ValueError:
+                slots = len(self.held) + len(self.filling)
+                self._draw(max(_DRAWS, _HITS * -(-slots // held)))
+                continue
+            self.cursor = at + 1
+            return self.slots[at]
+
+    def _relabel(self, slot: int, c: int) -> None:
+        """Record that ``slot`` now holds class ``c``, also where it comes later in the block."""
+        self.relabelled[slot] = c
+        at = self.cursor
+        with contextlib.suppress(ValueError):
+            while True:
+                at = self.slots.index(slot, at)
+                self.labels[at] = c
+                at += 1
+
+    def _draw(self, n: int) -> None:
+        """The next ``n`` slots of the random stream, with the class each holds now."""
+        size = len(self.held)
+        slots = torch.randint(size + len(self.filling), (n,), generator=self.generator)
+        inside = slots < size
+        labels = torch.empty_like(slots)
+        labels[inside] = self.held[slots[inside]].to(torch.int64)
+        labels[~inside] = self.filling[slots[~inside] - size]
+        if self.relabelled:
+            moved, order = torch.sort(torch.tensor(list(self.relabelled), dtype=torch.int64))
+            now = torch.tensor(list(self.relabelled.values()), dtype=torch.int64)[order]
+            at = torch.searchsorted(moved, slots).clamp(max=len(moved) - 1)
+            hit = moved[at] == slots
+            labels[hit] = now[at[hit]]
+        self.slots, self.labels, self.cursor = slots.tolist(), labels.tolist(), 0
 
     def _largest(self) -> tuple[int, int]:
         while -self.heap[0][0] != self.counts[self.heap[0][1]]:
@@ -139,13 +213,6 @@ class _Greedy:
     def _count(self, c: int, change: int) -> None:
         self.counts[c] = self.counts.get(c, 0) + change
         heapq.heappush(self.heap, (-self.counts[c], c))
-
-    def _slots_of(self, c: int) -> list[int]:
-        if c not in self.members:
-            old = torch.nonzero(self.held == c).squeeze(1)
-            new = self.size + torch.nonzero(self.filling == c).squeeze(1)
-            self.members[c] = torch.cat([old, new]).tolist()
-        return self.members[c]
 
 
 def balanced_counts(counts: torch.Tensor, capacity: int) -> torch.Tensor:

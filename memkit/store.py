@@ -223,6 +223,8 @@ class SampleMemory(Store):
         row copies, not a compaction of the whole buffer.
         """
         evicted = self._read(slots)
+        if len(slots) == 0:  # the common case: no O(size) mask
+            return evicted
         gone = torch.zeros(self._size, dtype=torch.bool)
         gone[slots] = True
         size = self._size - len(slots)

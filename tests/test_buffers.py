@@ -6,11 +6,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
+from torch.overrides import TorchFunctionMode
 
 from memkit import Batch, Budget
-from memkit.buffers.class_balanced import ClassBalanced, equal_quotas
+from memkit.buffers.class_balanced import ClassBalanced, class_reservoirs, equal_quotas
 from memkit.buffers.gdumb import GDumb, balanced_counts
 from memkit.buffers.ring import Ring
+from memkit.kernels.reservoir import reservoir_slots
 from memkit.testing import check_store
 
 SPEC = {"x": ((1,), torch.int64), "y": ((), torch.int64)}
@@ -339,3 +341,119 @@ def test_the_buffers_are_named_in_configs_and_replay_from_them(memory):
     assert store.registry_name == memory["name"] and 0 < len(store) <= store.capacity
     assert result.memory[-1]["budget"]["used"] <= 6000
     assert setup.budget.charged(memory["name"]) == store.nbytes
+
+
+# ---------------------------------------------------------------- cost of an add
+
+class LargestTensorTouched(TorchFunctionMode):
+    """The most elements of a tensor that a torch call made, or read to make a new one.
+
+    Views and the reads of indexing (``t[slots]``, ``t[slots] = v``) do not count: they
+    touch only the rows they name.
+    """
+
+    INDEXING = (torch.Tensor.__getitem__, torch.Tensor.__setitem__)
+
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        made = [t for t in (out if isinstance(out, tuple | list) else (out,))
+                if isinstance(t, torch.Tensor) and t._base is None]
+        read = [] if func in self.INDEXING or not made else [
+            t for t in (*args, *(kwargs or {}).values()) if isinstance(t, torch.Tensor)]
+        self.numel = max([self.numel, *(t.numel() for t in made + read)])
+        return out
+
+
+@pytest.mark.parametrize("make", [lambda: ClassBalanced(SPEC, 20_000 * ITEM, seed=3),
+                                  lambda: GDumb(SPEC, 20_000 * ITEM, seed=3)],
+                         ids=["class_balanced", "gdumb"])
+def test_an_add_of_known_classes_touches_no_tensor_that_grows_with_the_capacity(make):
+    store, g = make(), torch.Generator().manual_seed(0)
+    store.add(items(range(20_000), torch.randint(0, 5, (20_000,), generator=g)))
+    evicted = 0
+    for step in range(20):
+        batch = items(range(10**5 + 32 * step, 10**5 + 32 * step + 32),
+                      torch.randint(0, 5, (32,), generator=g))
+        with LargestTensorTouched() as largest:
+            evicted += len(store.add(batch))
+        assert largest.numel <= 1024, f"an add of 32 items touched {largest.numel} elements"
+    assert evicted > 0, "the adds replaced stored items"
+    store.resize(19_000 * ITEM)
+    with LargestTensorTouched() as largest:
+        store.add(items([7], 0))
+    assert largest.numel >= 19_000, "the per-class state is rebuilt after a resize"
+
+
+def twin(store):
+    """A store built from ``store``'s config and loaded from its state (indexes rebuilt)."""
+    other = type(store)(budget=Budget(10**6), **store.config())
+    other.load_state_dict(store.state_dict())
+    return other
+
+
+def same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa["extra"] == sb["extra"] and all(
+        torch.equal(t, sb["tensors"][k]) for k, t in sa["tensors"].items())
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=st.lists(st.one_of(st.tuples(st.just("add"), st.lists(st.integers(0, 6),
+                                                                  max_size=25)),
+                              st.tuples(st.just("resize"), st.integers(1, 30))),
+                    min_size=1, max_size=10),
+       capacity=st.integers(1, 20), evict=st.sampled_from(["random", "oldest", "gdumb"]),
+       seed=st.integers(0, 100))
+def test_a_store_reloaded_at_any_step_continues_identically(ops, capacity, evict, seed):
+    """The per-class state kept between adds equals what a reload rebuilds from the tensors."""
+    budget = Budget(10**6)
+    store = (GDumb(SPEC, budget, nbytes=capacity * ITEM, seed=seed) if evict == "gdumb" else
+             ClassBalanced(SPEC, budget, nbytes=capacity * (ITEM + HIDDEN[evict]),
+                           evict=evict, seed=seed))
+    next_id = 0
+    for op, arg in ops:
+        copy = twin(store)
+        if op == "add":
+            batch = items(range(next_id, next_id + len(arg)), arg)
+            next_id += len(arg)
+            kept, redone = store.add(batch), copy.add(batch)
+        else:
+            nbytes = arg * store.item_nbytes
+            kept, redone = store.resize(nbytes), copy.resize(nbytes)
+        assert torch.equal(kept.x, redone.x) and same_state(store, copy)
+        if isinstance(store, GDumb):
+            assert store.class_counts() == dict(sorted(per_class(store).items()))
+
+
+@settings(max_examples=150, deadline=None)
+@given(groups=st.lists(st.integers(0, 4), max_size=40),
+       seen=st.lists(st.integers(0, 30), min_size=5, max_size=5),
+       quota=st.lists(st.integers(0, 12), min_size=5, max_size=5), seed=st.integers(0, 10**6))
+def test_class_reservoirs_equal_algorithm_r_run_for_each_class_in_turn(groups, seen, quota,
+                                                                       seed):
+    group = torch.tensor(groups, dtype=torch.int64)
+    rows, classes, slots = class_reservoirs(group, torch.tensor(seen), torch.tensor(quota),
+                                            torch.Generator().manual_seed(seed))
+    g, expected = torch.Generator().manual_seed(seed), []
+    for c in sorted(set(groups)):
+        members = torch.nonzero(group == c).squeeze(1)
+        picked, virtual = reservoir_slots(seen[c], len(members), quota[c], g)
+        expected += [(int(r), c, int(v)) for r, v in zip(members[picked], virtual, strict=True)]
+    got = list(zip(rows.tolist(), classes.tolist(), slots.tolist(), strict=True))
+    assert got == expected
+
+
+def test_class_balanced_refuses_a_state_holding_labels_of_no_saved_class():
+    state = ClassBalanced(SPEC, 10 * ITEM)
+    state.add(items(range(4), [3, 1, 3, 1]))
+    state = state.state_dict()
+    bad = {**state, "extra": {**state["extra"], "classes": [3], "seen": [2]}}
+    store = ClassBalanced(SPEC, 10 * ITEM)
+    store.add(items([9], 0))
+    with pytest.raises(ValueError, match=r"held labels \[1\] are not among the saved classes"):
+        store.load_state_dict(bad)
+    assert held(store) == ([9], [0]) and store.classes == [0] and store.seen == [1]
