@@ -162,18 +162,8 @@ class ClassBalanced(SampleMemory):
             keep.append(members[order[max(len(members) - quota, 0):]])
         return torch.cat(keep).sort().values
 
-    def _remove(self, slots: torch.Tensor) -> Batch:
-        if len(slots):
-            self._held = None  # compaction moves items: rebuild the index when next needed
-        return super()._remove(slots)
-
-    def _reallocate(self, capacity: int, keep: torch.Tensor) -> None:
-        super()._reallocate(capacity, keep)
-        self._held = None
-
-    def _adopt(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        super()._adopt(tensors)
-        self._held = None
+    def _layout_changed(self) -> None:
+        self._held = None  # rebuilt from the labels when next needed
 
     def _check_adoptable(self, tensors: Mapping[str, torch.Tensor], extra: Mapping) -> None:
         super()._check_adoptable(tensors, extra)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import heapq
-from collections.abc import Mapping
 
 import torch
 
@@ -114,13 +113,8 @@ class GDumb(SampleMemory):
             keep.append(members[torch.randperm(len(members), generator=generator)[:target]])
         return torch.cat(keep).sort().values
 
-    def _reallocate(self, capacity: int, keep: torch.Tensor) -> None:
-        super()._reallocate(capacity, keep)
-        self._held = None
-
-    def _adopt(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        super()._adopt(tensors)
-        self._held = None
+    def _layout_changed(self) -> None:
+        self._held = None  # recounted from the labels when next needed
 
     def config(self) -> dict:
         return {**super().config(), "seed": self.seed}

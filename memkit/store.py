@@ -225,6 +225,7 @@ class SampleMemory(Store):
         evicted = self._read(slots)
         if len(slots) == 0:  # the common case: no O(size) mask
             return evicted
+        self._layout_changed()
         gone = torch.zeros(self._size, dtype=torch.bool)
         gone[slots] = True
         size = self._size - len(slots)
@@ -245,6 +246,12 @@ class SampleMemory(Store):
             slots[name] = torch.zeros((capacity, *t.shape[1:]), dtype=t.dtype)
             slots[name][: len(keep)] = t[keep]
         self._slots, self.capacity, self._size = slots, capacity, len(keep)
+        self._layout_changed()
+
+    def _layout_changed(self) -> None:
+        """Items moved between slots (resize, load, compaction): a method that keeps an
+        index derived from the slots (class -> slots, counts) drops it here and rebuilds it
+        when next needed."""
 
     def _expected_shape(self, name, mine, theirs):
         if name in self._slots:  # slots may come from a store of another capacity
@@ -265,6 +272,7 @@ class SampleMemory(Store):
             raise BudgetExceeded(self.owner, grow, self.budget.free, self.budget.capacity)
 
     def _adopt(self, tensors):
+        self._layout_changed()
         capacity = len(tensors["x"])
         if capacity == self.capacity:
             return super()._adopt(tensors)
