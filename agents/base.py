@@ -64,6 +64,7 @@ class SupervisedLearner:
         return {}
 
     def learn(self, experience: Experience) -> None:
+        self.check_labels(experience)
         self.before_experience(experience)
         self.model.train()
         optimizer = self.optimizer()
@@ -77,6 +78,22 @@ class SupervisedLearner:
                 loss.backward()
                 optimizer.step()
         self.after_experience(experience)
+
+    def check_labels(self, experience: Experience) -> None:
+        """Raise before any training unless every label has a logit: ``0 <= y < outputs``."""
+        y = experience.train.y
+        if len(y) == 0:
+            return
+        training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            outputs = self.model(experience.train.x[:1]).shape[-1]
+        self.model.train(training)
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= outputs:
+            raise ValueError(f"{type(self).__name__}: experience {experience.index} has labels "
+                             f"in [{low}, {high}], expected 0..{outputs - 1} (the model has "
+                             f"{outputs} outputs)")
 
     def training_data(self, experience: Experience) -> Batch:
         """What the epochs iterate over: the experience's data (methods may add exemplars)."""

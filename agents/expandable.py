@@ -291,6 +291,9 @@ class ExpandableLearner(SupervisedLearner, abc.ABC):
     def stores(self) -> Mapping[str, SampleMemory]:
         return {} if self.memory is None else {"memory": self.memory}
 
+    def check_labels(self, experience: Experience) -> None:
+        """Any class id is welcome: the head grows a row per new class (``grown`` checks)."""
+
     def before_experience(self, experience: Experience) -> None:
         """Add a block for the new classes and pay for it from the memory."""
         self.model = expand(self.model, experience_classes(experience), self.budget,

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from memkit import RunResult, run
 from memkit.agents import ExperienceReplay
@@ -119,3 +120,20 @@ def test_charge_growth_shrinks_the_memory_to_pay_for_new_parameters():
     assert budget.used <= budget.capacity and memory.capacity < capacity
     assert len(memory) + len(evicted) == before
     assert charge_growth(budget, grown, memory) is None, "no growth, no eviction"
+
+
+def test_labels_without_a_logit_are_refused_before_training():
+    from memkit import Batch, Experience, Stream
+
+    setup = build(CONFIG)
+    good = setup.stream[0]
+    bad_train = good.train.replace(y=torch.full((len(good.train),), 6, dtype=torch.int64))
+    stream = Stream([Experience(0, bad_train, good.test, (6,))], name="bad", n_classes=7)
+    weights = {k: v.clone() for k, v in setup.learner.model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"labels in \[6, 6\], expected 0\.\.5 \(the model has 6"):
+        setup.learner.learn(stream[0])
+    assert all(torch.equal(v, setup.learner.model.state_dict()[k]) for k, v in weights.items())
+    assert len(setup.learner.memory) == 0
+    negative = Batch(x=good.train.x[:2], y=torch.tensor([0, -1]))
+    with pytest.raises(ValueError, match=r"labels in \[-1, 0\]"):
+        setup.learner.learn(Experience(0, negative, good.test))
