@@ -24,9 +24,36 @@ process's resident memory over the stream; the size of the checkpoint on disk
 (Avalanche: ``torch.save`` with dill, as its ``save_checkpoint`` does; memkit:
 ``Store.save``). The bytes the budget accounts for are the memory's items.
 
-    .venv/bin/python benchmarks/vs_avalanche.py
+Part 2, end to end. Split-Digits and Split-MNIST-5k (5 experiences of 2
+classes), converted with ``to_avalanche`` so both sides train on the same
+tensors in the same experience order. Each run, in a fresh process, builds the
+same MLP (``memkit.agents.backbones.mlp``, one hidden layer of 100, initialised
+from the run's seed) and trains it with SGD (lr 0.05, momentum 0.9, a fresh
+optimiser state per experience on both sides), 3 epochs per experience, on
+minibatches of 32 current + 32 replayed items, with a memory of 200 items
+(digits) or 500 (MNIST-5k) filled with each experience's data after training
+on it. Rows: Avalanche ``Naive`` + ``ReplayPlugin`` with a
+``ReservoirSamplingBuffer`` against memkit ``ExperienceReplay`` with a
+``Reservoir``; ``ReplayPlugin`` with a ``ClassBalancedBuffer`` against
+``ExperienceReplay`` with a ``ClassBalanced`` store; and Avalanche ``Naive`` +
+``MemkitReplayPlugin`` with a ``Reservoir``; Avalanche ``ICaRL`` (memory of
+M items, ``fixed_memory=True``, on an ``nc_benchmark`` over the same tensors in
+the same class order, see ``icarl_benchmark``) against memkit ``ICaRL`` with a
+``Herding`` store: both train on minibatches of 32 drawn from the experience's
+data and every exemplar, with the paper's sigmoid/BCE loss and distillation
+(Avalanche: mean over all outputs; memkit: summed over the classes seen,
+over the minibatch), and classify by nearest exemplar mean. Training time is the wall time of
+the training calls (Avalanche: ``strategy.train`` per experience, evaluator
+without metrics or loggers; memkit: ``learn``); accuracy is then computed the
+same way for every side: the model's argmax on each experience's test set,
+averaged over the experiences. Imports (Avalanche, and the ``torch._dynamo``
+that the first optimiser a process builds pulls in) happen once, before the
+runs are forked, so neither side's time includes them.
 
-Writes benchmarks/results/vs_avalanche.{json,md}.
+    .venv/bin/python benchmarks/vs_avalanche.py --part 1|2|all
+
+Part 1 writes benchmarks/results/vs_avalanche.{json,md}, part 2
+benchmarks/results/vs_avalanche_end_to_end.{json,md}.
 """
 
 from __future__ import annotations
@@ -271,14 +298,7 @@ def _megabytes(row: dict, key: str) -> str:
     return f"{row[key] / 1e6:.1f} MB ({row[key] / row['accounted_bytes']:.2f}x items)"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--experiences", type=int, default=10)
-    parser.add_argument("--per-experience", type=int, default=5_000)
-    parser.add_argument("--online-updates", type=int, default=1_000)
-    parser.add_argument("--online-batch", type=int, default=10)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+def run_part_1(args) -> None:
     import memkit.buffers  # registers the stores the children create
     import memkit.integrations.avalanche  # noqa: F401 - imports Avalanche once, before forking
 
@@ -301,6 +321,228 @@ def main() -> None:
     table = markdown(rows, sizes)
     (OUT / "vs_avalanche.md").write_text(table)
     print(table)
+
+
+STREAMS = {"split_digits": 200, "split_mnist5k": 500}
+"""Each end-to-end stream and its memory size in items."""
+RUNS = (("replay", "avalanche"), ("replay", "memkit"), ("replay", "avalanche+memkit_plugin"),
+        ("class_balanced", "avalanche"), ("class_balanced", "memkit"),
+        ("icarl", "avalanche"), ("icarl", "memkit"))
+STORES = {"replay": "reservoir", "class_balanced": "class_balanced", "icarl": "herding"}
+E2E = {"lr": 0.05, "momentum": 0.9, "batch_size": 32, "replay_batch_size": 32, "hidden": 100}
+
+
+def make_stream(name: str, seed: int):
+    from memkit import data
+
+    return getattr(data, name)(seed=seed)
+
+
+def make_model(stream, seed: int) -> torch.nn.Module:
+    from memkit.agents.backbones import mlp
+
+    torch.manual_seed(seed)
+    return mlp(tuple(stream[0].train.x.shape[1:]), stream.n_classes, hidden=(E2E["hidden"],))
+
+
+def make_store(method: str, stream, memory: int):
+    """A memkit store of exactly ``memory`` items of the stream's ``x`` and ``y``."""
+    from memkit import Budget
+    from memkit.registry import create
+
+    x = stream[0].train.x
+    spec = {"x": (tuple(x.shape[1:]), x.dtype), "y": ((), torch.int64)}
+    name = STORES[method]
+    item = create("store", name, spec=spec, budget=Budget(2**20)).item_nbytes  # a small probe
+    store = create("store", name, spec=spec, budget=Budget(memory * item))
+    if store.capacity != memory:
+        raise RuntimeError(f"make_store: expected a store of {memory} items, got {store.capacity}")
+    return store
+
+
+def train_memkit(method: str, stream, model, memory: int, seed: int, epochs: int):
+    """Training seconds and the trained learner's ``predict``."""
+    from memkit.agents.er import ExperienceReplay
+    from memkit.agents.icarl import ICaRL
+
+    store = make_store(method, stream, memory)
+    settings = {"lr": E2E["lr"], "momentum": E2E["momentum"], "epochs": epochs,
+                "batch_size": E2E["batch_size"], "seed": seed}
+    if method == "icarl":
+        learner = ICaRL(model, store, **settings)
+    else:
+        learner = ExperienceReplay(model, store, replay_batch_size=E2E["replay_batch_size"],
+                                   **settings)
+    start = time.perf_counter()
+    for experience in stream:
+        learner.learn(experience)
+    return time.perf_counter() - start, learner.predict
+
+
+def icarl_benchmark(stream):
+    """``nc_benchmark`` over the stream's tensors, in its class order: what Avalanche's ICaRL needs.
+
+    ICaRL reads ``experience.benchmark.n_classes_per_exp``, which ``to_avalanche``'s
+    benchmark lacks, and appends a dataset whose task labels Avalanche cannot
+    concatenate with ``to_avalanche``'s (``FlatData.concat`` of a ``ConstantSequence``).
+    """
+    from avalanche.benchmarks import nc_benchmark
+    from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+
+    from memkit import Batch
+
+    train, test = (Batch.cat([getattr(exp, part) for exp in stream]) for part in ("train", "test"))
+    return nc_benchmark(*(_make_taskaware_tensor_classification_dataset(b.x, b.y)
+                          for b in (train, test)),
+                        n_experiences=len(stream), task_labels=False, shuffle=False,
+                        fixed_class_order=[c for exp in stream for c in exp.classes])
+
+
+def train_avalanche(method: str, side: str, stream, model, memory: int, seed: int,
+                    epochs: int):
+    """Training seconds and the trained strategy's prediction (its model's argmax)."""
+    from avalanche.training.determinism.rng_manager import RNGManager
+    from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
+    from avalanche.training.storage_policy import ClassBalancedBuffer, ReservoirSamplingBuffer
+    from avalanche.training.supervised import ICaRL, Naive
+
+    from memkit.agents.backbones import split_head
+    from memkit.integrations.avalanche import MemkitReplayPlugin, to_avalanche
+
+    benchmark = icarl_benchmark(stream) if method == "icarl" else to_avalanche(stream)
+    optimizer = torch.optim.SGD(model.parameters(), lr=E2E["lr"], momentum=E2E["momentum"])
+    common = {"optimizer": optimizer, "train_mb_size": E2E["batch_size"], "train_epochs": epochs,
+              "device": "cpu", "evaluator": EvaluationPlugin(loggers=[])}
+    if method == "icarl":
+        extractor, head = split_head(model)
+        strategy = ICaRL(feature_extractor=extractor, classifier=head, memory_size=memory,
+                         buffer_transform=None, fixed_memory=True, **common)
+    elif side == "avalanche":
+        policy = (ReservoirSamplingBuffer(memory) if method == "replay" else
+                  ClassBalancedBuffer(memory, adaptive_size=True))
+        strategy = Naive(model=model, criterion=torch.nn.CrossEntropyLoss(), plugins=[
+            ReplayPlugin(mem_size=memory, batch_size=E2E["batch_size"],
+                         batch_size_mem=E2E["replay_batch_size"], storage_policy=policy)],
+                         **common)
+    else:
+        strategy = Naive(model=model, criterion=torch.nn.CrossEntropyLoss(), plugins=[
+            MemkitReplayPlugin(make_store(method, stream, memory),
+                               batch_size_mem=E2E["replay_batch_size"], seed=seed)], **common)
+    RNGManager.set_random_seeds(seed)
+    start = time.perf_counter()
+    for experience in benchmark.train_stream:
+        strategy.train(experience)
+    seconds = time.perf_counter() - start
+
+    def predict(x: torch.Tensor) -> torch.Tensor:  # ICaRL's model is nearest-mean in eval mode
+        strategy.model.eval()
+        with torch.no_grad():
+            return strategy.model(x).argmax(1)
+
+    return seconds, predict
+
+
+def final_accuracy(predict, stream) -> float:
+    """Mean over the experiences of the test accuracy of ``predict`` on each."""
+    accuracies = [(predict(exp.test.x) == exp.test.y).float().mean().item() for exp in stream]
+    return sum(accuracies) / len(accuracies)
+
+
+def end_to_end(stream_name: str, method: str, side: str, seed: int, epochs: int) -> dict:
+    """One training run in this (fresh) process: training seconds and final accuracy."""
+    torch.set_num_threads(1)
+    stream = make_stream(stream_name, seed)
+    model = make_model(stream, seed)
+    memory = STREAMS[stream_name]
+    if side == "memkit":
+        seconds, predict = train_memkit(method, stream, model, memory, seed, epochs)
+    else:
+        seconds, predict = train_avalanche(method, side, stream, model, memory, seed, epochs)
+    return {"stream": stream_name, "method": method, "side": side, "seed": seed,
+            "memory_items": memory, "epochs": epochs, "train_s": seconds,
+            "final_accuracy": final_accuracy(predict, stream)}
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    """Mean and std over seeds of each (stream, method, side)."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["stream"], row["method"], row["side"]), []).append(row)
+    out = []
+    for (stream, method, side), runs in groups.items():
+        acc = torch.tensor([r["final_accuracy"] for r in runs], dtype=torch.float64)
+        sec = torch.tensor([r["train_s"] for r in runs], dtype=torch.float64)
+        out.append({"stream": stream, "method": method, "side": side, "seeds": len(runs),
+                    "accuracy_mean": acc.mean().item(), "accuracy_std": acc.std().item(),
+                    "train_s_mean": sec.mean().item(), "train_s_std": sec.std().item()})
+    return out
+
+
+def markdown_end_to_end(stats: list[dict], meta: dict) -> str:
+    """One row per stream, method and side; time ratios against the Avalanche strategy."""
+    by = {(s["stream"], s["method"], s["side"]): s for s in stats}
+    lines = [f"MLP ({meta['hidden']} hidden), SGD lr {meta['lr']} momentum {meta['momentum']}, "
+             f"{meta['epochs']} epochs per experience, minibatches of {meta['batch_size']} + "
+             f"{meta['replay_batch_size']} replayed, mean ± std over {meta['seeds']} seeds, "
+             f"1 torch thread, avalanche-lib {meta['avalanche']}.", "",
+             "| stream | method | side | final avg accuracy | train time | "
+             "Avalanche time / this |", "|---|---|---|---:|---:|---:|"]
+    for stream, method, side in by:
+        s, base = by[(stream, method, side)], by[(stream, method, "avalanche")]
+        lines.append(f"| {stream} (M={STREAMS[stream]}) | {method} | {side} | "
+                     f"{100 * s['accuracy_mean']:.1f} ± {100 * s['accuracy_std']:.1f} % | "
+                     f"{s['train_s_mean']:.2f} ± {s['train_s_std']:.2f} s | "
+                     f"{base['train_s_mean'] / s['train_s_mean']:.1f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def run_part_2(args) -> None:
+    from avalanche.training.supervised import Naive  # noqa: F401 - imported before forking
+
+    import memkit.buffers  # registers the stores the children create
+    import memkit.integrations.avalanche  # noqa: F401 - imports Avalanche once, before forking
+
+    # The first optimiser a process builds imports torch._dynamo (seconds): do it here, once.
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    rows = []
+    for stream in STREAMS:
+        for seed in range(args.seeds):
+            for method, side in RUNS:
+                start = time.perf_counter()
+                rows.append(in_fresh_process(end_to_end, stream, method, side, seed, args.epochs))
+                print(f"{stream} {method} {side} seed {seed}: {rows[-1]['train_s']:.2f} s "
+                      f"train, acc {rows[-1]['final_accuracy']:.3f} "
+                      f"({time.perf_counter() - start:.1f} s)", flush=True)
+    import avalanche
+
+    stats = summary(rows)
+    meta = {"torch": torch.__version__, "avalanche": avalanche.__version__,
+            "python": platform.python_version(), "threads": 1, "seeds": args.seeds,
+            "epochs": args.epochs, "streams": STREAMS, **E2E,
+            "load_average_at_end": os.getloadavg()}
+    OUT.mkdir(exist_ok=True)
+    (OUT / "vs_avalanche_end_to_end.json").write_text(
+        json.dumps({"meta": meta, "summary": stats, "rows": rows}, indent=1))
+    table = markdown_end_to_end(stats, meta)
+    (OUT / "vs_avalanche_end_to_end.md").write_text(table)
+    print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=("1", "2", "all"), default="all")
+    parser.add_argument("--experiences", type=int, default=10)
+    parser.add_argument("--per-experience", type=int, default=5_000)
+    parser.add_argument("--online-updates", type=int, default=1_000)
+    parser.add_argument("--online-batch", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=3, help="part 2: seeds per row")
+    parser.add_argument("--epochs", type=int, default=3, help="part 2: epochs per experience")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.part in ("1", "all"):
+        run_part_1(args)
+    if args.part in ("2", "all"):
+        run_part_2(args)
 
 
 if __name__ == "__main__":
