@@ -1,4 +1,4 @@
-"""The ``memkit`` command: run a config, report on runs, inspect a saved file, list parts."""
+"""The ``memkit`` command: run a config or a sweep, report on runs, inspect a file, list parts."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
+from tqdm import tqdm
 
 from memkit.budget import format_size
 from memkit.config import ConfigError, build, load_config
 from memkit.io import load_tensors, read_manifest, write_text_atomic
 from memkit.registry import available
 from memkit.report import RESULT, write_report
+from memkit.results import DATABASE, RUNS, ResultStore
 from memkit.run import run
+from memkit.sweep import expand_sweep, load_sweep, pending, run_sweep, summary_table
 
 CONFIG_COPY = "config.yaml"
 
@@ -49,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(command=_inspect)
     p = sub.add_parser("list", help="registered stores, learners, models and streams")
     p.set_defaults(command=_list)
+    p = sub.add_parser("sweep", help="run a sweep file's grid of configs in parallel; "
+                                     "re-running it skips finished runs")
+    p.add_argument("sweep", type=Path, metavar="SWEEP.yaml")
+    p.add_argument("--out", type=Path, help="sweep folder (default: runs/sweeps/<file stem>)")
+    p.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2)")
+    p.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    p.set_defaults(command=_sweep)
     p = sub.add_parser("bench", help="run benchmarks/NAME.py of this memkit checkout",
                        description="Run a benchmark script of the memkit checkout in the "
                                    "current folder, e.g. 'memkit bench budget-sweep --quick'.")
@@ -108,6 +118,30 @@ def _inspect(args) -> int:
               f"{t.numel() * t.element_size()} |")
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     print(f"\ntotal {total} bytes ({format_size(total)}); checksum verified")
+    return 0
+
+
+def _sweep(args) -> int:
+    sweep = load_sweep(args.sweep)
+    out = args.out or Path("runs") / "sweeps" / args.sweep.stem
+    runs = expand_sweep(sweep)
+    with ResultStore(out) as store:
+        todo = pending(runs, store.statuses(), args.retry_failed)
+    print(f"{len(runs)} runs, {len(runs) - len(todo)} already recorded in {out}")
+    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), unit="run")
+    axes = {r.id: r.axes for r in runs}
+
+    def finished(record: dict) -> None:
+        score = record["metrics"].get("final_average")
+        detail = f"final average {score:.3f}" if record["status"] == "ok" else record["status"]
+        bar.write(f"{record['id']} {axes[record['id']]}: {detail}")
+        bar.update()
+
+    records = run_sweep(sweep, out, n_jobs=args.jobs, on_result=finished,
+                        retry_failed=args.retry_failed)
+    bar.close()
+    print(summary_table(runs, records))
+    print(f"\nwrote {out / DATABASE} and {out / RUNS}/<id>.json")
     return 0
 
 

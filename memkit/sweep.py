@@ -5,22 +5,54 @@ memory scales, not at one size: a grid of methods x total byte budgets x
 seeds, summarised as mean ± std per cell and as the area under the
 accuracy-versus-memory curve (AUC). Each run is one process-local job with one
 torch thread; the same config gives the same numbers serially and in parallel.
+
+A sweep file names such a grid::
+
+    base: {...a full run config, as memkit.config reads...}
+    axes:                        # dotted key paths -> lists; the cartesian product
+      learner.name: [finetune, er, icarl]
+      memory: [null, {name: reservoir}, {name: herding}]
+      budget: [100KB, 200KB]
+      seed: [0, 1]
+    zip: [[learner.name, memory]]   # these axes advance together (equal lengths)
+
+Axes vary in file order, the last one fastest; a zip group sits where its first
+key does. Setting a path missing from ``base`` creates the missing mappings;
+a path through a value that is not a mapping (``memory.codec`` when the
+memory is ``null``) is an error. ``memory: null`` in an axis removes the
+memory (for learners without one, such as ``finetune``). Each run's id is the
+first 12 hex digits of the SHA-256 of its config's canonical JSON (sorted
+keys), so the same config has the same id in every sweep; ``run_sweep``
+records finished runs in a ``memkit.results.ResultStore`` and skips them
+when the sweep is run again.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import itertools
+import json
+import socket
 import time
 import traceback
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from joblib import Parallel, delayed
 
 from memkit.budget import BudgetExceeded, parse_size
-from memkit.config import BudgetTooSmall, build
-from memkit.run import run
+from memkit.config import BudgetTooSmall, ConfigError, build, check_top_level
+from memkit.results import ResultStore
+from memkit.run import RunResult, run
+
+SWEEP_KEYS = ("base", "axes", "zip")
+DONE = ("ok", "does not fit")
 
 
 def run_config(config: Mapping, tags: Mapping | None = None) -> dict:
@@ -30,6 +62,11 @@ def run_config(config: Mapping, tags: Mapping | None = None) -> dict:
     ``"does not fit"`` and the reason, not raised: at small budgets a large
     model leaving no room for a memory is itself a result.
     """
+    return _run_with_result(config, tags)[0]
+
+
+def _run_with_result(config: Mapping, tags: Mapping | None) -> tuple[dict, RunResult | None]:
+    """``run_config``'s row plus the whole ``RunResult`` (None unless the run is ok)."""
     torch.set_num_threads(1)
     row = {**(tags or {}), "budget": parse_size(config["budget"])}
     started = time.perf_counter()
@@ -37,16 +74,16 @@ def run_config(config: Mapping, tags: Mapping | None = None) -> dict:
         setup = build(config)
         result = run(setup.stream, setup.learner, budget=setup.budget, progress=False)
     except (BudgetExceeded, BudgetTooSmall) as exc:
-        return {**row, "status": "does not fit", "reason": str(exc)}
+        return {**row, "status": "does not fit", "reason": str(exc)}, None
     except Exception:  # one failing run must not stop a grid; keep its traceback
-        return {**row, "status": "failed", "reason": traceback.format_exc()}
+        return {**row, "status": "failed", "reason": traceback.format_exc()}, None
     stores = setup.learner.stores.values()
     return {**row, "status": "ok", "final_average": result.final_average,
             "forgetting": result.forgetting, "backward_transfer": result.backward_transfer,
             "model_nbytes": setup.budget.used - sum(s.nbytes for s in stores),
             "memory_nbytes": sum(s.nbytes for s in stores),
             "items": sum(len(s) for s in stores if hasattr(s, "__len__")),
-            "wall_s": time.perf_counter() - started, "matrix": result.matrix}
+            "wall_s": time.perf_counter() - started, "matrix": result.matrix}, result
 
 
 def run_grid(jobs: Sequence[tuple[Mapping, Mapping]], n_jobs: int = 2,
@@ -97,3 +134,195 @@ def area_under_budget_curve(budgets_mb: Sequence[float], accuracy: Sequence[floa
     if len(x) == 1 or x[-1] == x[0]:
         return float(y.mean())
     return float(np.trapezoid(y, x) / (x[-1] - x[0]))
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One concrete run of a sweep: its id, its config, and its value on every axis."""
+
+    id: str
+    config: dict
+    axes: dict
+
+
+def load_sweep(path: str | Path) -> dict:
+    """Read a sweep file and check it (``expand_sweep`` raises on any problem)."""
+    path = Path(path)
+    try:
+        sweep = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"sweep: no such file {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    expand_sweep(sweep)
+    return sweep
+
+
+def run_id(config: Mapping) -> str:
+    """First 12 hex digits of the SHA-256 of the config's canonical JSON (sorted keys)."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def expand_sweep(sweep) -> list[SweepRun]:
+    """The concrete runs of a sweep, in a stable order (see the module docstring)."""
+    base, axes, groups = _checked_sweep(sweep)
+    runs, seen = [], {}
+    for choice in itertools.product(*(_group_values(axes, g) for g in groups)):
+        values = dict(itertools.chain.from_iterable(c.items() for c in choice))
+        config = copy.deepcopy(base)
+        for key in axes:
+            _set(config, key, copy.deepcopy(values[key]))
+        check_top_level(config, where=f"sweep run {values}")
+        identity = run_id(config)
+        if identity in seen:
+            raise ConfigError(f"sweep.axes: runs {seen[identity]} and {values} have the same "
+                              f"config (id {identity}); remove the repeated axis value")
+        seen[identity] = values
+        runs.append(SweepRun(identity, config, values))
+    return runs
+
+
+def _checked_sweep(sweep) -> tuple[dict, dict, list[list[str]]]:
+    """Base, axes, and the axis groups in product order (a lone axis is a group of one)."""
+    if not isinstance(sweep, Mapping):
+        raise ConfigError(f"sweep: expected a mapping with keys {list(SWEEP_KEYS)}, "
+                          f"got {type(sweep).__name__}")
+    unknown = sorted(set(sweep) - set(SWEEP_KEYS))
+    if unknown:
+        raise ConfigError(f"sweep: unknown key(s) {unknown}; expected among {list(SWEEP_KEYS)}")
+    base, axes, zips = sweep.get("base"), sweep.get("axes") or {}, sweep.get("zip") or []
+    if not isinstance(base, Mapping):
+        raise ConfigError(f"sweep.base: expected a run config (a mapping), got {base!r}")
+    if not isinstance(axes, Mapping):
+        raise ConfigError(f"sweep.axes: expected a mapping of key paths to lists, got {axes!r}")
+    for key, values in axes.items():
+        if not isinstance(key, str) or not all(key.split(".")):
+            raise ConfigError(f"sweep.axes: expected dotted key paths like 'learner.name', "
+                              f"got {key!r}")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"sweep.axes.{key}: expected a non-empty list, got {values!r}")
+    zipped = _checked_zips(zips, axes)
+    groups, placed = [], set()
+    for key in axes:
+        group = next((g for g in zipped if key in g), [key])
+        if group[0] not in placed:
+            groups.append(group)
+            placed.add(group[0])
+    return dict(base), dict(axes), groups
+
+
+def _checked_zips(zips, axes: Mapping) -> list[list[str]]:
+    if not isinstance(zips, list):
+        raise ConfigError(f"sweep.zip: expected a list of lists of axis keys, got {zips!r}")
+    owner = {}
+    for i, group in enumerate(zips):
+        where = f"sweep.zip[{i}]"
+        if not isinstance(group, list) or len(group) < 2:
+            raise ConfigError(f"{where}: expected a list of at least two axis keys, got {group!r}")
+        for key in group:
+            if key not in axes:
+                raise ConfigError(f"{where}: {key!r} is not an axis; expected keys among "
+                                  f"{list(axes)}")
+            if key in owner:
+                raise ConfigError(f"{where}: {key!r} is already zipped in sweep.zip[{owner[key]}]")
+            owner[key] = i
+        lengths = {key: len(axes[key]) for key in group}
+        if len(set(lengths.values())) > 1:
+            raise ConfigError(f"{where}: zipped axes need lists of equal length, got "
+                              + ", ".join(f"{k} ({n})" for k, n in lengths.items()))
+    return [list(group) for group in zips]
+
+
+def _group_values(axes: Mapping, group: list[str]) -> list[dict]:
+    return [dict(zip(group, values, strict=True))
+            for values in zip(*(axes[k] for k in group), strict=True)]
+
+
+def _set(config: dict, path: str, value) -> None:
+    *parents, last = path.split(".")
+    node = config
+    for depth, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            inside = ".".join(parents[: depth + 1])
+            raise ConfigError(f"sweep.axes.{path}: expected a mapping at base.{inside}, got "
+                              f"{child!r}")
+        node = child
+    node[last] = value
+
+
+def run_sweep(sweep, directory: str | Path, n_jobs: int = 2,
+              on_result: Callable[[dict], None] | None = None,
+              retry_failed: bool = False) -> list[dict]:
+    """Run the sweep's runs not yet recorded in ``directory``; return every run's record.
+
+    Runs whose status is ``ok`` or ``does not fit`` are skipped, and so are
+    ``failed`` ones unless ``retry_failed``. The rest run in ``n_jobs``
+    processes; each is recorded (``ResultStore.record``) and passed to
+    ``on_result`` as soon as it finishes, in whatever order they finish.
+    Records come back in the sweep's order.
+    """
+    runs = expand_sweep(sweep)
+    with ResultStore(directory) as store:
+        todo = pending(runs, store.statuses(), retry_failed)
+        jobs = (delayed(execute)(r.id, r.config) for r in todo)
+        for record in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(jobs):
+            store.record(record)
+            if on_result is not None:
+                on_result(record)
+        return store.get(r.id for r in runs)
+
+
+def pending(runs: Sequence[SweepRun], statuses: Mapping[str, str],
+            retry_failed: bool = False) -> list[SweepRun]:
+    """The runs still to do, given the statuses already recorded."""
+    skip = DONE if retry_failed else (*DONE, "failed")
+    return [r for r in runs if statuses.get(r.id) not in skip]
+
+
+def execute(identity: str, config: Mapping) -> dict:
+    """Run one config in this process and return its record for the results store."""
+    started = time.time()
+    try:
+        row, result = _run_with_result(config, None)
+    except Exception:  # a config run_config cannot even start (a bad budget) is a failure
+        row, result = {"status": "failed", "reason": traceback.format_exc()}, None
+    metrics = {k: v for k, v in row.items() if k not in ("status", "reason")}
+    return {"id": identity, "config": dict(config), "status": row["status"], "metrics": metrics,
+            "memory": result.memory if result else [], "timings": result.timings if result
+            else [], "host": socket.gethostname(), "started": started, "finished": time.time(),
+            "error": row.get("reason")}
+
+
+def sweep_rows(runs: Sequence[SweepRun], records: Iterable[dict]) -> list[dict]:
+    """One flat row per recorded run, for ``summarise``: its axis values, status, metrics."""
+    by_id = {r["id"]: r for r in records}
+    return [{**{k: _label(v) for k, v in run.axes.items()}, **by_id[run.id]["metrics"],
+             "status": by_id[run.id]["status"], "id": run.id}
+            for run in runs if run.id in by_id]
+
+
+def _label(value):
+    """An axis value as a hashable cell label (mappings and lists as compact JSON)."""
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def summary_table(runs: Sequence[SweepRun], records: Iterable[dict]) -> str:
+    """Markdown: mean ± std per cell of the non-seed axes, and the count of runs not ok."""
+    rows = sweep_rows(runs, records)
+    keys = [k for k in (runs[0].axes if runs else {}) if k != "seed"]
+    metrics = ("final_average", "forgetting", "memory_nbytes", "wall_s")
+    lines = ["| " + " | ".join([*keys, "runs", *metrics]) + " |",
+             "|" + "---|" * len(keys) + "---:|" * (1 + len(metrics))]
+    for cell in summarise(rows, keys=keys, metrics=metrics):
+        values = [f"{cell[m]:.3g} ± {cell[f'{m}_std']:.2g}" for m in metrics]
+        lines.append("| " + " | ".join([*(str(cell[k]) for k in keys), str(cell["runs"]),
+                                        *values]) + " |")
+    others = [r for r in rows if r["status"] != "ok"]
+    for row in others:
+        lines.append(f"\n{row['status']}: {row['id']} "
+                     + ", ".join(f"{k}={row[k]}" for k in runs[0].axes))
+    return "\n".join(lines)
