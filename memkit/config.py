@@ -56,15 +56,20 @@ class Setup:
     budget: Budget
 
 
-def load_config(path: str | Path) -> dict:
-    """Read a YAML config and check its top level."""
+def read_yaml(path: str | Path, what: str = "config"):
+    """The YAML document at ``path``; a missing file or bad YAML is a clear error."""
     path = Path(path)
     try:
-        config = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"config: no such file {path}") from None
+        raise FileNotFoundError(f"{what}: no such file {path}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a YAML config and check its top level."""
+    config = read_yaml(path)
     check_top_level(config, where=str(path))
     return config
 

@@ -43,11 +43,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from joblib import Parallel, delayed
 
 from memkit.budget import BudgetExceeded, parse_size
-from memkit.config import BudgetTooSmall, ConfigError, build, check_top_level
+from memkit.config import BudgetTooSmall, ConfigError, build, check_top_level, read_yaml
 from memkit.results import ResultStore
 from memkit.run import RunResult, run
 
@@ -147,13 +146,7 @@ class SweepRun:
 
 def load_sweep(path: str | Path) -> dict:
     """Read a sweep file and check it (``expand_sweep`` raises on any problem)."""
-    path = Path(path)
-    try:
-        sweep = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"sweep: no such file {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    sweep = read_yaml(path, "sweep")
     expand_sweep(sweep)
     return sweep
 
