@@ -67,9 +67,10 @@ def run_config(config: Mapping, tags: Mapping | None = None) -> dict:
 def _run_with_result(config: Mapping, tags: Mapping | None) -> tuple[dict, RunResult | None]:
     """``run_config``'s row plus the whole ``RunResult`` (None unless the run is ok)."""
     torch.set_num_threads(1)
-    row = {**(tags or {}), "budget": parse_size(config["budget"])}
+    row = dict(tags or {})
     started = time.perf_counter()
     try:
+        row["budget"] = parse_size(config["budget"])
         setup = build(config)
         result = run(setup.stream, setup.learner, budget=setup.budget, progress=False)
     except (BudgetExceeded, BudgetTooSmall) as exc:
@@ -277,10 +278,7 @@ def pending(runs: Sequence[SweepRun], statuses: Mapping[str, str],
 def execute(identity: str, config: Mapping) -> dict:
     """Run one config in this process and return its record for the results store."""
     started = time.time()
-    try:
-        row, result = _run_with_result(config, None)
-    except Exception:  # a config run_config cannot even start (a bad budget) is a failure
-        row, result = {"status": "failed", "reason": traceback.format_exc()}, None
+    row, result = _run_with_result(config, None)
     metrics = {k: v for k, v in row.items() if k not in ("status", "reason")}
     return {"id": identity, "config": dict(config), "status": row["status"], "metrics": metrics,
             "memory": result.memory if result else [], "timings": result.timings if result
