@@ -52,9 +52,8 @@ def case(buffer: str, item: str, capacity: int) -> dict:
     shape, codec = ITEMS[item]
     spec = {"x": (shape, torch.float32), "y": ((), torch.int64)}
     probe = create("store", buffer, spec=spec, budget=Budget(10**7), codec=codec)
-    fixed = probe.nbytes - probe.capacity * probe.item_nbytes  # codec state, not per item
     store = create("store", buffer, spec=spec, budget=Budget(10**10), codec=codec,
-                   nbytes=capacity * probe.item_nbytes + fixed)
+                   nbytes=probe.nbytes_for(capacity))
     gen = torch.Generator().manual_seed(0)
     for start in range(0, capacity, 4096):  # fill in chunks: the RSS is the store's, not ours
         n = min(4096, capacity - start)

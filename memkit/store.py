@@ -168,7 +168,7 @@ class SampleMemory(Store):
         self._codec_state = self.codec.state(self.spec["x"][0])
         allotment = self.budget.free if nbytes is None else parse_size(nbytes)
         self.capacity = self._capacity_for(allotment)
-        self.budget.charge(owner, self._nbytes_for(self.capacity))
+        self.budget.charge(owner, self.nbytes_for(self.capacity))
         self._slots = {name: torch.zeros((self.capacity, *shape), dtype=dtype)
                        for name, (shape, dtype) in stored.items()}
         self._size = 0
@@ -177,13 +177,14 @@ class SampleMemory(Store):
     def _fixed_nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._codec_state.values())
 
-    def _nbytes_for(self, capacity: int) -> int:
+    def nbytes_for(self, capacity: int) -> int:
+        """Bytes this memory needs to hold ``capacity`` items (with its fixed codec state)."""
         return capacity * self.item_nbytes + self._fixed_nbytes()
 
     def _capacity_for(self, allotment: int) -> int:
         capacity = max(allotment - self._fixed_nbytes(), 0) // self.item_nbytes
         if capacity < 1:
-            raise BudgetExceeded(self.owner, self._nbytes_for(1), allotment,
+            raise BudgetExceeded(self.owner, self.nbytes_for(1), allotment,
                                  self.budget.capacity)
         return capacity
 
@@ -195,7 +196,7 @@ class SampleMemory(Store):
         ``BudgetExceeded`` before anything changes.
         """
         capacity = self._capacity_for(parse_size(nbytes))
-        grow = self._nbytes_for(capacity) - self.nbytes
+        grow = self.nbytes_for(capacity) - self.nbytes
         if grow > 0:
             self.budget.charge(self.owner, grow)
         keep = self._keep(capacity) if capacity < self._size else torch.arange(self._size)
@@ -267,7 +268,7 @@ class SampleMemory(Store):
         if not 0 <= int(extra.get("size", -1)) <= capacity:
             raise ValueError(f"{type(self).__name__}.load_state_dict: saved size "
                              f"{extra.get('size')!r} does not fit {capacity} slots")
-        grow = self._nbytes_for(capacity) - self.nbytes
+        grow = self.nbytes_for(capacity) - self.nbytes
         if grow > self.budget.free:
             raise BudgetExceeded(self.owner, grow, self.budget.free, self.budget.capacity)
 
@@ -276,7 +277,7 @@ class SampleMemory(Store):
         capacity = len(tensors["x"])
         if capacity == self.capacity:
             return super()._adopt(tensors)
-        grow = self._nbytes_for(capacity) - self.nbytes
+        grow = self.nbytes_for(capacity) - self.nbytes
         if grow >= 0:
             self.budget.charge(self.owner, grow)
         else:

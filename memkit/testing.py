@@ -128,7 +128,7 @@ def _check_resize(store: SampleMemory, generator: torch.Generator) -> None:
         return
     before, held = _snapshot(store), len(store)
     try:
-        evicted = store.resize(store._nbytes_for(store.capacity // 2))
+        evicted = store.resize(store.nbytes_for(store.capacity // 2))
     except NotImplementedError:
         return
     assert len(store) + len(evicted) == held, (

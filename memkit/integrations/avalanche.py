@@ -171,10 +171,8 @@ class MemkitStoragePolicy(ExemplarsBuffer):
 
     def resize(self, strategy, new_size: int) -> None:
         """Give the store the bytes of ``new_size`` items; it evicts by its own rule."""
-        store = self.store
-        fixed = store.nbytes - store.capacity * store.item_nbytes  # codec state
-        store.resize(_positive(new_size, "new_size", "MemkitStoragePolicy.resize")
-                     * store.item_nbytes + fixed)
+        size = _positive(new_size, "new_size", "MemkitStoragePolicy.resize")
+        self.store.resize(self.store.nbytes_for(size))
         self._dataset = None
 
     def __getstate__(self) -> dict:
