@@ -18,7 +18,16 @@ from memkit.registry import available
 from memkit.report import RESULT, write_report
 from memkit.results import DATABASE, RUNS, ResultStore
 from memkit.run import run
-from memkit.sweep import expand_sweep, load_sweep, pending, run_sweep, summary_table
+from memkit.sweep import expand_sweep, load_sweep, pending, run_sweep
+from memkit.sweep_report import (
+    FORMATS,
+    build_report,
+    compare,
+    load_records,
+    markdown,
+    render_comparison,
+    write_sweep_report,
+)
 
 CONFIG_COPY = "config.yaml"
 
@@ -42,10 +51,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(command=_run)
-    p = sub.add_parser("report", help="Markdown table and PNG plot over run folders")
-    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
-    p.add_argument("--out", type=Path, help="report folder (default: the run folder, or "
-                                            "runs/report for several)")
+    p = sub.add_parser("report", help="tables and a PNG plot over run folders or sweep folders",
+                       description="Over run folders: a Markdown table and plot of each run. "
+                                   "Over sweep folders: mean ± std per cell, AUC over memory "
+                                   "per method, accuracy against budget, failed runs.")
+    p.add_argument("runs", nargs="*", type=Path, metavar="DIR",
+                   help="run folders, or sweep folders (holding results.sqlite)")
+    p.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"),
+                   help="two sweep folders side by side: A, B and B - A per cell and method")
+    p.add_argument("--format", choices=FORMATS, default="md", help="sweep reports: md, csv "
+                                                                   "(cells) or json")
+    p.add_argument("--out", type=Path, help="report folder (default: the run or sweep folder, "
+                                            "or runs/report for several)")
     p.set_defaults(command=_report)
     p = sub.add_parser("inspect", help="a saved store's or checkpoint's manifest and bytes")
     p.add_argument("file", type=Path)
@@ -56,7 +73,11 @@ def _parser() -> argparse.ArgumentParser:
                                      "re-running it skips finished runs")
     p.add_argument("sweep", type=Path, metavar="SWEEP.yaml")
     p.add_argument("--out", type=Path, help="sweep folder (default: runs/sweeps/<file stem>)")
-    p.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2)")
+    p.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2; "
+                                                       "1 runs in this process)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run on Ray: a local Ray with no ADDRESS, or an existing cluster "
+                        "('auto', 'ray://HEAD:10001'); needs memkit[ray]")
     p.add_argument("--retry-failed", action="store_true", help="run failed runs again")
     p.set_defaults(command=_sweep)
     p = sub.add_parser("bench", help="run benchmarks/NAME.py of this memkit checkout",
@@ -97,7 +118,19 @@ def _check_same_config(config: dict, run_dir: Path) -> None:
 
 
 def _report(args) -> int:
+    if args.compare:
+        a, b = args.compare
+        comparison = compare(load_records([a]), load_records([b]))
+        print(render_comparison(comparison, args.format, [str(a), str(b)]), end="")
+        return 0
+    if not args.runs:
+        raise ValueError("memkit report: expected run or sweep folders, or --compare A B")
     out = args.out or (args.runs[0] if len(args.runs) == 1 else Path("runs") / "report")
+    if all((d / DATABASE).exists() for d in args.runs):
+        path, png, text = write_sweep_report(args.runs, out, args.format)
+        print(text, end="")
+        print(f"wrote {path}, {png}")
+        return 0
     md, png = write_report(args.runs, out)
     print(md.read_text())
     print(f"wrote {md}, {png}")
@@ -128,7 +161,8 @@ def _sweep(args) -> int:
     with ResultStore(out) as store:
         todo = pending(runs, store.statuses(), args.retry_failed)
     print(f"{len(runs)} runs, {len(runs) - len(todo)} already recorded in {out}")
-    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), unit="run")
+    # tqdm's bar shows the elapsed time and, from the runs finished so far, the time left
+    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), unit="run", smoothing=0)
     axes = {r.id: r.axes for r in runs}
 
     def finished(record: dict) -> None:
@@ -137,10 +171,12 @@ def _sweep(args) -> int:
         bar.write(f"{record['id']} {axes[record['id']]}: {detail}")
         bar.update()
 
+    runner = "ray" if args.ray else ("serial" if args.jobs == 1 else "joblib")
+    address = None if args.ray in (None, "local") else args.ray
     records = run_sweep(sweep, out, n_jobs=args.jobs, on_result=finished,
-                        retry_failed=args.retry_failed)
+                        retry_failed=args.retry_failed, runner=runner, address=address)
     bar.close()
-    print(summary_table(runs, records))
+    print(markdown(build_report(records)), end="")
     print(f"\nwrote {out / DATABASE} and {out / RUNS}/<id>.json")
     return 0
 

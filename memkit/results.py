@@ -1,8 +1,9 @@
 """The results store of a sweep: one embedded SQLite database next to one JSON file per run.
 
 ``results.sqlite`` in the sweep directory holds a row per finished run (its
-config, status, metrics, memory ledger, timings, host, start and end times,
-and the traceback or reason of a run that did not finish ``ok``). It runs in
+config, its value on each of the sweep's axes, status, metrics, memory
+ledger, timings, host, start and end times, and the traceback or reason of a
+run that did not finish ``ok``). It runs in
 WAL mode so readers (a report, a notebook) never block the sweep; the driver
 process is its only writer and commits one transaction per finished run, so a
 killed driver loses at most the runs that were still in flight. Each run is
@@ -21,12 +22,12 @@ from memkit.io import write_text_atomic
 
 DATABASE = "results.sqlite"
 RUNS = "runs"
-COLUMNS = ("id", "config", "status", "metrics", "memory", "timings", "host", "started",
+COLUMNS = ("id", "config", "axes", "status", "metrics", "memory", "timings", "host", "started",
            "finished", "error")
-JSON_COLUMNS = ("config", "metrics", "memory", "timings")
+JSON_COLUMNS = ("config", "axes", "metrics", "memory", "timings")
 SCHEMA = """CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY, config TEXT, status TEXT, metrics TEXT, memory TEXT, timings TEXT,
-    host TEXT, started REAL, finished REAL, error TEXT)"""
+    id TEXT PRIMARY KEY, config TEXT, axes TEXT, status TEXT, metrics TEXT, memory TEXT,
+    timings TEXT, host TEXT, started REAL, finished REAL, error TEXT)"""
 
 
 class ResultStore:

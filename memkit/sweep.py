@@ -1,10 +1,11 @@
-"""Grids of runs: many configs, run in parallel processes, summarised per cell.
+"""Sweeps: grids of run configs, expanded from a file, run on a runner, each recorded once.
 
 The MEMO paper (Zhou et al., ICLR 2023) compares continual learners across
 memory scales, not at one size: a grid of methods x total byte budgets x
-seeds, summarised as mean ± std per cell and as the area under the
-accuracy-versus-memory curve (AUC). Each run is one process-local job with one
-torch thread; the same config gives the same numbers serially and in parallel.
+seeds (``memkit.sweep_report`` summarises it as mean ± std per cell and as
+the area under the accuracy-versus-memory curve). Each run is one job with one
+torch thread; the same config gives the same numbers serially, in local
+processes and on Ray (``memkit.runners``).
 
 A sweep file names such a grid::
 
@@ -16,6 +17,8 @@ A sweep file names such a grid::
       seed: [0, 1]
     zip: [[learner.name, memory]]   # these axes advance together (equal lengths)
 
+Top-level keys starting with ``x-`` are ignored: a place for YAML anchors
+(``x-train: &train {epochs: 5}`` then ``{name: er, <<: *train}``).
 Axes vary in file order, the last one fastest; a zip group sits where its first
 key does. Setting a path missing from ``base`` creates the missing mappings;
 a path through a value that is not a mapping (``memory.codec`` when the
@@ -36,47 +39,41 @@ import json
 import socket
 import time
 import traceback
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from joblib import Parallel, delayed
 
 from memkit.budget import BudgetExceeded, parse_size
 from memkit.config import BudgetTooSmall, ConfigError, build, check_top_level, read_yaml
 from memkit.results import ResultStore
 from memkit.run import RunResult, run
+from memkit.runners import run_unordered
 
 SWEEP_KEYS = ("base", "axes", "zip")
 DONE = ("ok", "does not fit")
 
 
-def run_config(config: Mapping, tags: Mapping | None = None) -> dict:
-    """Build and run one config with one torch thread; return its metrics and bytes.
+def run_config(config: Mapping) -> tuple[dict, RunResult | None]:
+    """Build and run one config with one torch thread: its metrics row and ``RunResult``.
 
-    A config whose parts do not fit its budget is recorded with status
-    ``"does not fit"`` and the reason, not raised: at small budgets a large
-    model leaving no room for a memory is itself a result.
+    A config whose parts do not fit its budget gets status ``"does not fit"``
+    and the reason, not an exception: at small budgets a large model leaving
+    no room for a memory is itself a result. Any other exception gives status
+    ``"failed"`` with the traceback, so one broken run never stops a grid.
+    The result is None unless the status is ``"ok"``.
     """
-    return _run_with_result(config, tags)[0]
-
-
-def _run_with_result(config: Mapping, tags: Mapping | None) -> tuple[dict, RunResult | None]:
-    """``run_config``'s row plus the whole ``RunResult`` (None unless the run is ok)."""
     torch.set_num_threads(1)
-    row = dict(tags or {})
     started = time.perf_counter()
     try:
-        row["budget"] = parse_size(config["budget"])
+        row = {"budget": parse_size(config["budget"])}
         setup = build(config)
         result = run(setup.stream, setup.learner, budget=setup.budget, progress=False)
     except (BudgetExceeded, BudgetTooSmall) as exc:
-        return {**row, "status": "does not fit", "reason": str(exc)}, None
+        return {"status": "does not fit", "reason": str(exc)}, None
     except Exception:  # one failing run must not stop a grid; keep its traceback
-        return {**row, "status": "failed", "reason": traceback.format_exc()}, None
+        return {"status": "failed", "reason": traceback.format_exc()}, None
     stores = setup.learner.stores.values()
     return {**row, "status": "ok", "final_average": result.final_average,
             "forgetting": result.forgetting, "backward_transfer": result.backward_transfer,
@@ -84,56 +81,6 @@ def _run_with_result(config: Mapping, tags: Mapping | None) -> tuple[dict, RunRe
             "memory_nbytes": sum(s.nbytes for s in stores),
             "items": sum(len(s) for s in stores if hasattr(s, "__len__")),
             "wall_s": time.perf_counter() - started, "matrix": result.matrix}, result
-
-
-def run_grid(jobs: Sequence[tuple[Mapping, Mapping]], n_jobs: int = 2,
-             on_result: Callable[[dict], None] | None = None) -> list[dict]:
-    """Run ``(config, tags)`` pairs in ``n_jobs`` processes; results in input order."""
-    runner = Parallel(n_jobs=n_jobs, return_as="generator")
-    results = []
-    for row in runner(delayed(run_config)(config, tags) for config, tags in jobs):
-        results.append(row)
-        if on_result is not None:
-            on_result(row)
-    return results
-
-
-def summarise(rows: Iterable[dict], keys: Sequence[str] = ("dataset", "method", "budget"),
-              metrics: Sequence[str] = ("final_average", "forgetting", "model_nbytes",
-                                        "memory_nbytes", "items", "wall_s")) -> list[dict]:
-    """Mean and standard deviation of each metric per cell of ``keys`` (ok runs only)."""
-    cells = defaultdict(list)
-    for row in rows:
-        if row["status"] == "ok":
-            cells[tuple(row[k] for k in keys)].append(row)
-    out = []
-    for cell, members in sorted(cells.items(), key=lambda kv: tuple(map(_order, kv[0]))):
-        entry = dict(zip(keys, cell, strict=True)) | {"runs": len(members)}
-        for metric in metrics:
-            values = np.array([m[metric] for m in members], dtype=float)
-            entry[metric], entry[f"{metric}_std"] = values.mean(), values.std()
-        out.append(entry)
-    return out
-
-
-def _order(value) -> tuple:
-    """Numbers before strings, numbers by value (a budget of 2e5 sorts before 1.5e6)."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return (0, value, "") if number else (1, 0, str(value))
-
-
-def area_under_budget_curve(budgets_mb: Sequence[float], accuracy: Sequence[float]) -> float:
-    """Trapezoidal area under accuracy versus total memory (MB), divided by the MB range.
-
-    The division makes it the mean accuracy over the memory range, comparable
-    between grids with different ranges; a single budget gives its accuracy.
-    """
-    x, y = np.asarray(budgets_mb, dtype=float), np.asarray(accuracy, dtype=float)
-    order = np.argsort(x)
-    x, y = x[order], y[order]
-    if len(x) == 1 or x[-1] == x[0]:
-        return float(y.mean())
-    return float(np.trapezoid(y, x) / (x[-1] - x[0]))
 
 
 @dataclass(frozen=True)
@@ -182,9 +129,10 @@ def _checked_sweep(sweep) -> tuple[dict, dict, list[list[str]]]:
     if not isinstance(sweep, Mapping):
         raise ConfigError(f"sweep: expected a mapping with keys {list(SWEEP_KEYS)}, "
                           f"got {type(sweep).__name__}")
-    unknown = sorted(set(sweep) - set(SWEEP_KEYS))
+    unknown = sorted(k for k in set(sweep) - set(SWEEP_KEYS) if not str(k).startswith("x-"))
     if unknown:
-        raise ConfigError(f"sweep: unknown key(s) {unknown}; expected among {list(SWEEP_KEYS)}")
+        raise ConfigError(f"sweep: unknown key(s) {unknown}; expected among {list(SWEEP_KEYS)} "
+                          f"(or x-... for YAML anchors)")
     base, axes, zips = sweep.get("base"), sweep.get("axes") or {}, sweep.get("zip") or []
     if not isinstance(base, Mapping):
         raise ConfigError(f"sweep.base: expected a run config (a mapping), got {base!r}")
@@ -248,20 +196,24 @@ def _set(config: dict, path: str, value) -> None:
 
 def run_sweep(sweep, directory: str | Path, n_jobs: int = 2,
               on_result: Callable[[dict], None] | None = None,
-              retry_failed: bool = False) -> list[dict]:
+              retry_failed: bool = False, runner: str = "joblib",
+              address: str | None = None) -> list[dict]:
     """Run the sweep's runs not yet recorded in ``directory``; return every run's record.
 
     Runs whose status is ``ok`` or ``does not fit`` are skipped, and so are
-    ``failed`` ones unless ``retry_failed``. The rest run in ``n_jobs``
-    processes; each is recorded (``ResultStore.record``) and passed to
-    ``on_result`` as soon as it finishes, in whatever order they finish.
-    Records come back in the sweep's order.
+    ``failed`` ones unless ``retry_failed``. The rest run on ``runner``
+    (``memkit.runners``: serial, joblib with ``n_jobs`` processes, or Ray at
+    ``address``); each is recorded (``ResultStore.record``) with its axis
+    values and passed to ``on_result`` as soon as it finishes, in whatever
+    order they finish. Records come back in the sweep's order.
     """
     runs = expand_sweep(sweep)
+    axes = {r.id: r.axes for r in runs}
     with ResultStore(directory) as store:
         todo = pending(runs, store.statuses(), retry_failed)
-        jobs = (delayed(execute)(r.id, r.config) for r in todo)
-        for record in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(jobs):
+        for record in run_unordered(execute, [(r.id, r.config) for r in todo], runner=runner,
+                                    n_jobs=n_jobs, address=address):
+            record = record | {"axes": axes[record["id"]]}
             store.record(record)
             if on_result is not None:
                 on_result(record)
@@ -278,42 +230,9 @@ def pending(runs: Sequence[SweepRun], statuses: Mapping[str, str],
 def execute(identity: str, config: Mapping) -> dict:
     """Run one config in this process and return its record for the results store."""
     started = time.time()
-    row, result = _run_with_result(config, None)
+    row, result = run_config(config)
     metrics = {k: v for k, v in row.items() if k not in ("status", "reason")}
     return {"id": identity, "config": dict(config), "status": row["status"], "metrics": metrics,
             "memory": result.memory if result else [], "timings": result.timings if result
             else [], "host": socket.gethostname(), "started": started, "finished": time.time(),
             "error": row.get("reason")}
-
-
-def sweep_rows(runs: Sequence[SweepRun], records: Iterable[dict]) -> list[dict]:
-    """One flat row per recorded run, for ``summarise``: its axis values, status, metrics."""
-    by_id = {r["id"]: r for r in records}
-    return [{**{k: _label(v) for k, v in run.axes.items()}, **by_id[run.id]["metrics"],
-             "status": by_id[run.id]["status"], "id": run.id}
-            for run in runs if run.id in by_id]
-
-
-def _label(value):
-    """An axis value as a hashable cell label (mappings and lists as compact JSON)."""
-    if isinstance(value, (str, int, float, bool)):
-        return value
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def summary_table(runs: Sequence[SweepRun], records: Iterable[dict]) -> str:
-    """Markdown: mean ± std per cell of the non-seed axes, and the count of runs not ok."""
-    rows = sweep_rows(runs, records)
-    keys = [k for k in (runs[0].axes if runs else {}) if k != "seed"]
-    metrics = ("final_average", "forgetting", "memory_nbytes", "wall_s")
-    lines = ["| " + " | ".join([*keys, "runs", *metrics]) + " |",
-             "|" + "---|" * len(keys) + "---:|" * (1 + len(metrics))]
-    for cell in summarise(rows, keys=keys, metrics=metrics):
-        values = [f"{cell[m]:.3g} ± {cell[f'{m}_std']:.2g}" for m in metrics]
-        lines.append("| " + " | ".join([*(str(cell[k]) for k in keys), str(cell["runs"]),
-                                        *values]) + " |")
-    others = [r for r in rows if r["status"] != "ok"]
-    for row in others:
-        lines.append(f"\n{row['status']}: {row['id']} "
-                     + ", ".join(f"{k}={row[k]}" for k in runs[0].axes))
-    return "\n".join(lines)

@@ -134,7 +134,7 @@ def test_cli_sweep_runs_resumes_and_summarises(tmp_path, capsys):
     assert main(["sweep", str(path), "--out", str(out), "--jobs", "1"]) == 0
     text = capsys.readouterr().out
     assert "4 runs, 0 already recorded" in text
-    assert "| budget | runs | final_average |" in text and "| 6000 | 2 |" in text
+    assert "| method | 0.006 MB | 0.012 MB |" in text and "| all | 1.000 ± 0.000 (2) |" in text
     assert len(list((out / "runs").glob("*.json"))) == 4
     assert main(["sweep", str(path), "--out", str(out), "--jobs", "1"]) == 0
     assert "4 runs, 4 already recorded" in capsys.readouterr().out
