@@ -1,7 +1,7 @@
 # Two commands on a fresh machine:
 #   make run   - create .venv, install memkit, run the main job (results under runs/):
-#                ER vs fine-tuning on Split-Digits at one 100 KB budget, then every learner
-#                at two total budgets (a quick budget sweep)
+#                ER vs fine-tuning on Split-Digits at one 100 KB budget, then a sweep of
+#                three learners x two total budgets x two seeds, and its report
 #   make test  - create .venv, install memkit[all,dev], lint with ruff, run pytest
 PYTHON ?= python3
 VENV := .venv
@@ -27,7 +27,8 @@ run: $(VENV)/.run-installed
 	$(THREADS) $(BIN)/memkit run examples/split_digits_er.yaml --quiet
 	$(THREADS) $(BIN)/memkit run examples/split_digits_finetune.yaml --quiet
 	$(THREADS) $(BIN)/memkit report runs/split_digits_finetune runs/split_digits_er --out runs/report
-	$(THREADS) $(BIN)/python benchmarks/budget_sweep.py --quick --out runs/budget_sweep_quick
+	$(THREADS) $(BIN)/memkit sweep examples/sweep.yaml --out runs/sweeps/sweep
+	$(THREADS) $(BIN)/memkit report runs/sweeps/sweep
 
 test: $(VENV)/.test-installed
 	$(BIN)/ruff check .

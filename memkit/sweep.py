@@ -207,7 +207,14 @@ def run_sweep(sweep, directory: str | Path, n_jobs: int = 2,
     values and passed to ``on_result`` as soon as it finishes, in whatever
     order they finish. Records come back in the sweep's order.
     """
-    runs = expand_sweep(sweep)
+    return run_runs(expand_sweep(sweep), directory, n_jobs=n_jobs, on_result=on_result,
+                    retry_failed=retry_failed, runner=runner, address=address)
+
+
+def run_runs(runs: Sequence[SweepRun], directory: str | Path, *, n_jobs: int = 2,
+             on_result: Callable[[dict], None] | None = None, retry_failed: bool = False,
+             runner: str = "joblib", address: str | None = None) -> list[dict]:
+    """``run_sweep`` for an explicit list of runs (a part of a sweep's expansion)."""
     axes = {r.id: r.axes for r in runs}
     with ResultStore(directory) as store:
         todo = pending(runs, store.statuses(), retry_failed)

@@ -141,3 +141,24 @@ def test_cli_sweep_runs_resumes_and_summarises(tmp_path, capsys):
     path.write_text(yaml.safe_dump({**SWEEP, "axes": {"budget": "2MB"}}))
     assert main(["sweep", str(path), "--out", str(out)]) == 2
     assert "sweep.axes.budget: expected a non-empty list, got '2MB'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stream", ["split_digits", "split_mnist5k", "split_mnist1d"])
+def test_budget_sweep_files_give_nine_learners_at_multiples_of_the_model(stream):
+    from pathlib import Path
+
+    from memkit.agents.backbones import mlp
+    from memkit.budget import module_nbytes
+    from memkit.sweep import load_sweep
+
+    runs = expand_sweep(load_sweep(Path("benchmarks/sweeps") / f"budget_sweep_{stream}.yaml"))
+    assert len(runs) == 9 * 5 * 3
+    assert {r.config["stream"]["name"] for r in runs} == {stream}
+    shape = {"split_digits": (64,), "split_mnist5k": (784,), "split_mnist1d": (40,)}[stream]
+    model = module_nbytes(mlp(shape, 10))
+    assert sorted({r.config["budget"] for r in runs}) == [int(model * m)
+                                                          for m in (1.25, 2.5, 5, 10, 20)]
+    derpp = next(r.config for r in runs if r.config["learner"]["name"] == "derpp")
+    assert derpp["learner"]["alpha"] == 0.3 and derpp["memory"]["name"] == "reservoir"
+    memo = next(r.config for r in runs if r.config["learner"]["name"] == "memo")
+    assert memo["model"]["name"] == "mlp_blocks"
