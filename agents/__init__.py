@@ -7,14 +7,23 @@ from memkit.agents.er import ExperienceReplay
 from memkit.agents.ewc import EWC
 from memkit.agents.finetune import Finetune
 from memkit.agents.gdumb import GDumbLearner
+from memkit.agents.humans import human_for, make_env
 from memkit.agents.icarl import ICaRL
 from memkit.agents.joint import Joint
 from memkit.agents.lwf import LwF
 from memkit.agents.memo import MEMO
+from memkit.agents.sirius import (
+    BCPolicy,
+    SiriusLearner,
+    iwr_weights,
+    sirius_weights,
+    uniform_weights,
+)
 
 __all__ = [
     "EWC",
     "MEMO",
+    "BCPolicy",
     "BlockMLP",
     "DERpp",
     "DynamicallyExpandableRepresentation",
@@ -24,8 +33,14 @@ __all__ = [
     "ICaRL",
     "Joint",
     "LwF",
+    "SiriusLearner",
+    "human_for",
+    "iwr_weights",
+    "make_env",
     "mlp",
     "mlp_blocks",
+    "sirius_weights",
     "split_blocks",
     "split_head",
+    "uniform_weights",
 ]

@@ -6,5 +6,7 @@ from memkit.buffers.gdumb import GDumb
 from memkit.buffers.herding import Herding
 from memkit.buffers.reservoir import Reservoir
 from memkit.buffers.ring import Ring
+from memkit.buffers.trajectory import TrajectoryMemory
 
-__all__ = ["ClassBalanced", "EWCMemory", "GDumb", "Herding", "Reservoir", "Ring"]
+__all__ = ["ClassBalanced", "EWCMemory", "GDumb", "Herding", "Reservoir", "Ring",
+           "TrajectoryMemory"]

@@ -7,6 +7,7 @@ memory timeline and checkpoints.
 
 from memkit.batch import Batch
 from memkit.budget import Budget, BudgetExceeded, format_size, module_nbytes, parse_size
+from memkit.deployment import DeploymentResult, StepLabel, Takeover, deploy
 from memkit.evaluate import Accuracy, Evaluator
 from memkit.io import StoreFormatError
 from memkit.learner import Learner
@@ -18,8 +19,8 @@ from memkit.streams import Experience, Stream, class_incremental
 __version__ = "0.1.0"
 
 __all__ = [
-    "Accuracy", "Batch", "Budget", "BudgetExceeded", "Evaluator", "Experience", "Learner",
-    "RunResult", "SampleMemory", "Store", "StoreFormatError", "Stream", "available",
-    "class_incremental", "create", "format_size", "module_nbytes", "parse_size", "register",
-    "run",
+    "Accuracy", "Batch", "Budget", "BudgetExceeded", "DeploymentResult", "Evaluator",
+    "Experience", "Learner", "RunResult", "SampleMemory", "StepLabel", "Store",
+    "StoreFormatError", "Stream", "Takeover", "available", "class_incremental", "create",
+    "deploy", "format_size", "module_nbytes", "parse_size", "register", "run",
 ]
