@@ -3,6 +3,24 @@
 from memkit.kernels.herding import herding_select, herding_select_reference
 from memkit.kernels.reservoir import reservoir_slots, reservoir_slots_reference
 from memkit.kernels.sampling import sample_distinct, sample_distinct_reference
+from memkit.kernels.segmentation import (
+                                         boundary_f,
+                                         boundary_f_reference,
+                                         j_and_f,
+                                         jaccard,
+                                         jaccard_reference,
+)
 
-__all__ = ["herding_select", "herding_select_reference", "reservoir_slots",
-           "reservoir_slots_reference", "sample_distinct", "sample_distinct_reference"]
+__all__ = [
+                                         "boundary_f",
+                                         "boundary_f_reference",
+                                         "herding_select",
+                                         "herding_select_reference",
+                                         "j_and_f",
+                                         "jaccard",
+                                         "jaccard_reference",
+                                         "reservoir_slots",
+                                         "reservoir_slots_reference",
+                                         "sample_distinct",
+                                         "sample_distinct_reference",
+]

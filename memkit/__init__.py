@@ -15,12 +15,13 @@ from memkit.registry import available, create, register
 from memkit.run import RunResult, run
 from memkit.store import SampleMemory, Store
 from memkit.streams import Experience, Stream, class_incremental
+from memkit.video import Video
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Accuracy", "Batch", "Budget", "BudgetExceeded", "DeploymentResult", "Evaluator",
     "Experience", "Learner", "RunResult", "SampleMemory", "StepLabel", "Store",
-    "StoreFormatError", "Stream", "Takeover", "available", "class_incremental", "create",
+    "StoreFormatError", "Stream", "Takeover", "Video", "available", "class_incremental", "create",
     "deploy", "format_size", "module_nbytes", "parse_size", "register", "run",
 ]

@@ -5,6 +5,9 @@ Bundled or generated data (no download): ``split_digits`` (scikit-learn digits),
 ``blobs`` (Gaussian clusters). Loaders for files you already have: ``split_mnist``
 (MNIST IDX files) and ``split_cifar10`` / ``split_cifar100`` (the pickled
 "python version" batches, read with an unpickler that admits only numpy arrays).
+Videos for online segmentation: ``long_video`` / ``short_video`` generate seeded
+videos with recurring appearance regimes; ``read_davis`` / ``write_davis`` read
+and write the DAVIS folder layout.
 """
 
 from memkit.data.blobs import blobs
@@ -16,7 +19,9 @@ from memkit.data.cifar import (
     split_cifar10,
     split_cifar100,
 )
+from memkit.data.davis import davis_palette, read_davis, write_davis
 from memkit.data.digits import split_digits
+from memkit.data.long_video import long_suite, long_video, short_suite, short_video
 from memkit.data.mnist1d import make_mnist1d, split_mnist1d
 from memkit.data.mnist5k import split_mnist5k
 from memkit.data.mnist_idx import load_mnist, read_idx, split_mnist
@@ -24,16 +29,23 @@ from memkit.data.mnist_idx import load_mnist, read_idx, split_mnist
 __all__ = [
     "NumpyOnlyUnpickler",
     "blobs",
+    "davis_palette",
     "load_cifar10",
     "load_cifar100",
     "load_mnist",
     "load_pickle",
+    "long_suite",
+    "long_video",
     "make_mnist1d",
+    "read_davis",
     "read_idx",
+    "short_suite",
+    "short_video",
     "split_cifar10",
     "split_cifar100",
     "split_digits",
     "split_mnist",
     "split_mnist1d",
     "split_mnist5k",
+    "write_davis",
 ]
