@@ -30,6 +30,8 @@ from memkit.sweep_report import (
 )
 
 CONFIG_COPY = "config.yaml"
+BENCH_ALIASES = {"vos": "vos_long_video", "runners": "sweep_runners"}
+"""Short names for ``memkit bench``: ``memkit bench vos`` runs benchmarks/vos_long_video.py."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -182,7 +184,8 @@ def _sweep(args) -> int:
 
 
 def _bench(args) -> int:
-    script = Path("benchmarks") / f"{args.name.replace('-', '_')}.py"
+    name = BENCH_ALIASES.get(args.name, args.name)
+    script = Path("benchmarks") / f"{name.replace('-', '_')}.py"
     if not script.exists():
         known = sorted(p.stem.replace("_", "-") for p in Path("benchmarks").glob("*.py"))
         raise FileNotFoundError(f"memkit bench: no {script} here; run it from a memkit "

@@ -116,3 +116,5 @@ def test_bench_runs_a_checkout_script_and_explains_a_missing_one(tmp_path, monke
     assert main(["bench", "budget-sweep"]) == 2
     err = capsys.readouterr().err
     assert "no benchmarks/budget_sweep.py here" in err and "['echo-args']" in err
+    assert main(["bench", "vos"]) == 2
+    assert "no benchmarks/vos_long_video.py here" in capsys.readouterr().err
