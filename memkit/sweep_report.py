@@ -192,8 +192,16 @@ def _mb(budgets: Sequence[int]) -> list[float]:
 
 
 def markdown(report: Mapping) -> str:
-    """Per panel a methods × budgets table of final accuracy, then AUC and failures."""
+    """Per panel a methods × budgets table of final accuracy, then every cell's metrics,
+    AUC per method and the runs that did not finish ok."""
     parts = [_pivot(report["cells"], name, report["budgets"][name]) for name in _panels(report)]
+    parts.append(_table(["panel", "method", "budget", "final avg", "forgetting", "model KB",
+                         "memory KB", "items", "wall s", "runs"],
+                        [[c["panel"], c["method"], _mb_label(c["budget"]),
+                          f"{c['final_average']:.3f} ± {c['final_average_std']:.3f}",
+                          f"{c['forgetting']:.3f}", f"{c['model_nbytes'] / 1e3:.1f}",
+                          f"{c['memory_nbytes'] / 1e3:.1f}", f"{c['items']:.0f}",
+                          f"{c['wall_s']:.1f}", c["runs"]] for c in report["cells"]]))
     parts.append(_table(["panel", "method", "AUC, all budgets (misfit = 0)",
                          "AUC, budgets where all fit", "range (MB)"],
                         [[a["panel"], a["method"], f"{a['auc_all']:.3f}",
