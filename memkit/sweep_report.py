@@ -48,30 +48,32 @@ def load_records(directories: Iterable[str | Path]) -> list[dict]:
 def rows_of(records: Sequence[dict]) -> tuple[list[str], list[dict]]:
     """Axis keys (first-seen order) and one flat row per run: axis labels, status, metrics."""
     keys = list(dict.fromkeys(k for record in records for k in record["axes"]))
-    named = {k for k in keys if _named_axis([r["axes"][k] for r in records if k in r["axes"]])}
+    panels = [_panel(r) for r in records]
+    named = {k for k in keys if all(
+        _named_axis([r["axes"][k] for r, p in zip(records, panels, strict=True)
+                     if p == panel and k in r["axes"]]) for panel in set(panels))}
     rows = []
-    for record in records:
+    for record, panel in zip(records, panels, strict=True):
         labels = {k: v["name"] if k in named else _label(v) for k, v in record["axes"].items()}
         rows.append({**labels, **record["metrics"], "status": record["status"],
                      "id": record["id"], "error": record["error"], "budget": _budget(record),
-                     "panel": _panel(record, labels),
-                     "axes": ", ".join(f"{k}={v}" for k, v in labels.items())})
+                     "panel": panel})
     return keys, rows
 
 
 def _named_axis(values: list) -> bool:
-    """Every value is a mapping with a ``name``, and distinct values have distinct names:
-    such an axis (``learner: [{name: er, ...}, {name: derpp, alpha: 0.3, ...}]``) is
-    labelled by the names."""
+    """Every value is a mapping with a ``name``, and within a panel distinct values have
+    distinct names: such an axis (``learner: [{name: er, ...}, {name: derpp, alpha: 0.3,
+    ...}]``) is labelled by the names."""
     if not all(isinstance(v, Mapping) and "name" in v for v in values):
         return False
     distinct = {_label(v): v["name"] for v in values}
     return len(set(distinct.values())) == len(distinct)
 
 
-def _panel(record: Mapping, labels: Mapping) -> str:
+def _panel(record: Mapping) -> str:
     """The stream axes' values, or the stream's name when no axis varies it."""
-    streams = [str(v) for k, v in labels.items() if k.startswith("stream")]
+    streams = [str(_label(v)) for k, v in record["axes"].items() if k.startswith("stream")]
     if streams:
         return " / ".join(streams)
     stream = record["config"].get("stream")
@@ -137,14 +139,23 @@ def build_report(records: Sequence[dict]) -> dict:
     cells = summarise(rows, keys=["panel", *method, "budget"])
     for cell in cells:
         cell["method"] = " / ".join(str(cell[k]) for k in method) or "all"
-    failures = [{k: r[k] for k in ("id", "status", "axes")} | {"error": _last_line(r)}
-                for r in rows if r["status"] != "ok"]
+    failures = _failures([r for r in rows if r["status"] != "ok"], method)
     budgets = defaultdict(set)
     for row in rows:
         if row["budget"] is not None:
             budgets[row["panel"]].add(row["budget"])
     return {"axes": axes, "cells": cells, "budgets": {k: sorted(v) for k, v in budgets.items()},
             "auc": _auc(cells, rows), "failures": failures}
+
+
+def _failures(rows: list[dict], method: list[str]) -> list[dict]:
+    """Runs not ok, one entry per panel, method, budget, status and reason, seeds counted."""
+    groups = defaultdict(list)
+    for r in rows:
+        name = " / ".join(str(r.get(k)) for k in method) or "all"
+        groups[(r["panel"], name, r["budget"], r["status"], _last_line(r))].append(r["id"])
+    return [{"panel": p, "method": m, "budget": b, "status": s, "reason": e, "runs": ids}
+            for (p, m, b, s, e), ids in groups.items()]
 
 
 def _independent(keys: list[str], rows: list[dict]) -> list[str]:
@@ -208,8 +219,9 @@ def markdown(report: Mapping) -> str:
                           _maybe(a["auc_common"]), _range(a["common_mb"])]
                          for a in report["auc"]]))
     if report["failures"]:
-        parts.append(_table(["run", "status", "axes", "reason"],
-                            [[f["id"], f["status"], f["axes"], f["error"].replace("|", "\\|")]
+        parts.append(_table(["panel", "method", "budget", "status", "runs", "reason"],
+                            [[f["panel"], f["method"], _mb_label(f["budget"]), f["status"],
+                              ", ".join(f["runs"]), f["reason"].replace("|", "\\|")]
                              for f in report["failures"]]))
     return "\n\n".join(parts) + "\n"
 
@@ -234,8 +246,8 @@ def _mean_std(cell: Mapping | None) -> str:
     return f"{cell['final_average']:.3f} ± {cell['final_average_std']:.3f} ({cell['runs']})"
 
 
-def _mb_label(nbytes: int) -> str:
-    return f"{nbytes / 1e6:.4g} MB"
+def _mb_label(nbytes: int | None) -> str:
+    return "—" if nbytes is None else f"{nbytes / 1e6:.4g} MB"
 
 
 def _maybe(value: float | None) -> str:
