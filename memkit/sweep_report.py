@@ -159,7 +159,7 @@ def _failures(rows: list[dict], method: list[str]) -> list[dict]:
 
 
 def _independent(keys: list[str], rows: list[dict]) -> list[str]:
-    """Drop axes whose value follows from an earlier axis (a zip's companions)."""
+    """Drop axes whose value follows from an earlier axis (a zip's companions), per panel."""
     kept = []
     for key in keys:
         if not any(_determines(k, key, rows) for k in kept):
@@ -168,8 +168,9 @@ def _independent(keys: list[str], rows: list[dict]) -> list[str]:
 
 
 def _determines(a: str, b: str, rows: list[dict]) -> bool:
+    """Within each panel, the value of axis ``a`` fixes the value of axis ``b``."""
     seen = {}
-    return all(seen.setdefault(r.get(a), r.get(b)) == r.get(b) for r in rows)
+    return all(seen.setdefault((r["panel"], r.get(a)), r.get(b)) == r.get(b) for r in rows)
 
 
 def _last_line(row: Mapping) -> str:
