@@ -300,6 +300,9 @@ def plot(report: Mapping, path: str | Path) -> None:
                         label=method)
         ax.set(title=panel, xlabel="total budget: model + memory (MB)",
                ylabel="final average accuracy", xscale="log", ylim=(0, 1))
+        budgets = [b / 1e6 for b in report["budgets"].get(panel, [])]
+        ax.set_xticks(budgets, [f"{b:.3g}" for b in budgets])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.legend(fontsize="small")
     fig.tight_layout()
     with atomic_path(Path(path), ".png") as tmp:
