@@ -19,6 +19,7 @@ from memkit.agents.sirius import (
     sirius_weights,
     uniform_weights,
 )
+from memkit.agents.vos import OnlineVOSLearner, vos_method
 
 __all__ = [
     "EWC",
@@ -33,6 +34,7 @@ __all__ = [
     "ICaRL",
     "Joint",
     "LwF",
+    "OnlineVOSLearner",
     "SiriusLearner",
     "human_for",
     "iwr_weights",
@@ -43,4 +45,5 @@ __all__ = [
     "split_blocks",
     "split_head",
     "uniform_weights",
+    "vos_method",
 ]

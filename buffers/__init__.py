@@ -3,10 +3,14 @@
 from memkit.buffers.class_balanced import ClassBalanced
 from memkit.buffers.ewc import EWCMemory
 from memkit.buffers.gdumb import GDumb
+from memkit.buffers.grcl import GatedRegularizer
 from memkit.buffers.herding import Herding
+from memkit.buffers.lwl import LWLMemory
 from memkit.buffers.reservoir import Reservoir
 from memkit.buffers.ring import Ring
+from memkit.buffers.rmscl import RMSCLMemory
 from memkit.buffers.trajectory import TrajectoryMemory
+from memkit.buffers.usage import UsageMemory
 
-__all__ = ["ClassBalanced", "EWCMemory", "GDumb", "Herding", "Reservoir", "Ring",
-           "TrajectoryMemory"]
+__all__ = ["ClassBalanced", "EWCMemory", "GDumb", "GatedRegularizer", "Herding", "LWLMemory",
+           "RMSCLMemory", "Reservoir", "Ring", "TrajectoryMemory", "UsageMemory"]

@@ -4,23 +4,23 @@ from memkit.kernels.herding import herding_select, herding_select_reference
 from memkit.kernels.reservoir import reservoir_slots, reservoir_slots_reference
 from memkit.kernels.sampling import sample_distinct, sample_distinct_reference
 from memkit.kernels.segmentation import (
-                                         boundary_f,
-                                         boundary_f_reference,
-                                         j_and_f,
-                                         jaccard,
-                                         jaccard_reference,
+    boundary_f,
+    boundary_f_reference,
+    j_and_f,
+    jaccard,
+    jaccard_reference,
+)
+from memkit.kernels.sparse import (
+    leave_one_out_residuals,
+    leave_one_out_residuals_reference,
+    nonneg_lasso,
+    nonneg_lasso_reference,
 )
 
 __all__ = [
-                                         "boundary_f",
-                                         "boundary_f_reference",
-                                         "herding_select",
-                                         "herding_select_reference",
-                                         "j_and_f",
-                                         "jaccard",
-                                         "jaccard_reference",
-                                         "reservoir_slots",
-                                         "reservoir_slots_reference",
-                                         "sample_distinct",
-                                         "sample_distinct_reference",
+    "boundary_f", "boundary_f_reference", "herding_select", "herding_select_reference",
+    "j_and_f", "jaccard", "jaccard_reference", "leave_one_out_residuals",
+    "leave_one_out_residuals_reference", "nonneg_lasso", "nonneg_lasso_reference",
+    "reservoir_slots", "reservoir_slots_reference", "sample_distinct",
+    "sample_distinct_reference",
 ]
