@@ -1,6 +1,7 @@
 """Bounded memory stores, each charged in bytes to a budget."""
 
 from memkit.buffers.class_balanced import ClassBalanced
+from memkit.buffers.datastore import Datastore, Entries, Hits, datastore_nbytes
 from memkit.buffers.ewc import EWCMemory
 from memkit.buffers.gdumb import GDumb
 from memkit.buffers.grcl import GatedRegularizer
@@ -12,5 +13,20 @@ from memkit.buffers.rmscl import RMSCLMemory
 from memkit.buffers.trajectory import TrajectoryMemory
 from memkit.buffers.usage import UsageMemory
 
-__all__ = ["ClassBalanced", "EWCMemory", "GDumb", "GatedRegularizer", "Herding", "LWLMemory",
-           "RMSCLMemory", "Reservoir", "Ring", "TrajectoryMemory", "UsageMemory"]
+__all__ = [
+           "ClassBalanced",
+           "Datastore",
+           "EWCMemory",
+           "Entries",
+           "GDumb",
+           "GatedRegularizer",
+           "Herding",
+           "Hits",
+           "LWLMemory",
+           "RMSCLMemory",
+           "Reservoir",
+           "Ring",
+           "TrajectoryMemory",
+           "UsageMemory",
+           "datastore_nbytes",
+]

@@ -16,11 +16,18 @@ from memkit.kernels.sparse import (
     nonneg_lasso,
     nonneg_lasso_reference,
 )
+from memkit.kernels.topk import (
+    topk_rerank,
+    topk_rerank_reference,
+    topk_search,
+    topk_search_reference,
+)
 
 __all__ = [
     "boundary_f", "boundary_f_reference", "herding_select", "herding_select_reference",
     "j_and_f", "jaccard", "jaccard_reference", "leave_one_out_residuals",
     "leave_one_out_residuals_reference", "nonneg_lasso", "nonneg_lasso_reference",
     "reservoir_slots", "reservoir_slots_reference", "sample_distinct",
-    "sample_distinct_reference",
+    "sample_distinct_reference", "topk_rerank", "topk_rerank_reference", "topk_search",
+    "topk_search_reference",
 ]
