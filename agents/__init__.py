@@ -19,7 +19,13 @@ from memkit.agents.sirius import (
     sirius_weights,
     uniform_weights,
 )
-from memkit.agents.vos import OnlineVOSLearner, vos_method
+from memkit.agents.vos import (
+    FrameEncoder,
+    OnlineVOSLearner,
+    train_frame_encoder,
+    trained_encoder,
+    vos_method,
+)
 
 __all__ = [
     "EWC",
@@ -30,6 +36,7 @@ __all__ = [
     "DynamicallyExpandableRepresentation",
     "ExperienceReplay",
     "Finetune",
+    "FrameEncoder",
     "GDumbLearner",
     "ICaRL",
     "Joint",
@@ -44,6 +51,8 @@ __all__ = [
     "sirius_weights",
     "split_blocks",
     "split_head",
+    "train_frame_encoder",
+    "trained_encoder",
     "uniform_weights",
     "vos_method",
 ]

@@ -5,9 +5,14 @@ Segmentation", ECCV 2020) in miniature, the setting in which Nazemi, Shafiee,
 Gharaee & Fieguth ("Memory-Efficient Continual Learning Object Segmentation for
 Long Video", IEEE Access 2024, arXiv 2309.15274) study small memories:
 
-- a frozen feature encoder (``FrameEncoder``: random 3x3 convolutions down to
-  1/``stride`` resolution plus the frame's colours pooled to that resolution;
-  its weights are fixed by the seed ``ENCODER_SEED`` and never trained);
+- a frozen feature encoder (``FrameEncoder``: 3x3 convolutions down to
+  1/``stride`` resolution plus the frame's colours pooled to that resolution).
+  By default its weights are random, fixed by the seed ``ENCODER_SEED``; the
+  benchmark (benchmarks/vos_long_video.py) uses instead an encoder trained once
+  by ``train_frame_encoder`` in this module, on generated videos whose seeds no
+  suite uses (a nearest-neighbour pixel-matching loss between nearby frames of one
+  appearance regime, ``matching_loss``), cached as safetensors by
+  ``trained_encoder(path)``; either way it is frozen while a video is segmented;
 - a target model learned online (``TargetModel``: two 1x1 convolutions mapping
   features, and two fixed coordinate channels, to a mask logit map at feature
   resolution, upsampled bilinearly to the frame);
@@ -42,6 +47,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -53,12 +59,16 @@ from memkit.buffers.grcl import GatedRegularizer
 from memkit.buffers.lwl import LWLMemory, frame_spec
 from memkit.buffers.rmscl import RMSCLMemory
 from memkit.buffers.usage import UsageMemory
+from memkit.data.long_video import long_video
+from memkit.io import load_tensors, save_tensors
 from memkit.registry import register
 from memkit.seeding import derive_generator
 from memkit.store import Store
 
 ENCODER_SEED = 0
-"""The seed that fixes the frozen encoder's weights (never trained)."""
+"""The seed that fixes the frozen encoder's initial weights (and the trained one's pairs)."""
+TRAIN_VIDEO_SEEDS = 2**31
+"""``train_frame_encoder`` trains on ``long_video(TRAIN_VIDEO_SEEDS + i)``: seeds no suite uses."""
 
 MEMORIES: dict[str, type] = {"lwl": LWLMemory, "rmscl": RMSCLMemory, "usage": UsageMemory}
 
@@ -74,20 +84,26 @@ METHODS: dict[str, dict] = {
 
 
 class FrameEncoder(nn.Module):
-    """Frozen random features: 3x3 convolutions to 1/``stride`` resolution, plus pooled colours.
+    """Frozen features: 3x3 convolutions to 1/``stride`` resolution, plus pooled colours.
 
-    ``log2(stride)`` stride-2 convolutions (ReLU after each) and one stride-1
-    convolution give ``channels`` features; the frame's RGB in [-0.5, 0.5],
-    average-pooled to the same grid, adds 3 more. The weights are drawn once
-    from ``torch.Generator().manual_seed(seed)`` (Kaiming-uniform) and never trained.
+    ``log2(stride)`` stride-2 convolutions of ``width`` channels (default
+    ``channels``; ReLU after each) and one stride-1 convolution give ``channels``
+    features; the frame's RGB in [-0.5, 0.5], average-pooled to the same grid,
+    adds 3 more. The weights are drawn from ``torch.Generator().manual_seed(seed)``
+    (Kaiming-uniform); ``train_frame_encoder`` trains them once on generated
+    frames and ``FrameEncoder.load`` reads such weights back. Either way they are
+    frozen while a video is segmented.
     """
 
-    def __init__(self, channels: int = 16, stride: int = 4, seed: int = ENCODER_SEED):
+    def __init__(self, channels: int = 16, stride: int = 4, seed: int = ENCODER_SEED,
+                 width: int | None = None):
         super().__init__()
         if stride not in (1, 2, 4, 8):
             raise ValueError(f"FrameEncoder: expected stride 1, 2, 4 or 8, got {stride!r}")
+        width = channels if width is None else width
         self.stride, self.out_channels = stride, channels + 3
-        widths = [3] + [channels] * (int(math.log2(stride)) + 1)
+        self.channels, self.width = channels, width
+        widths = [3] + [width] * int(math.log2(stride)) + [channels]
         steps = [2] * int(math.log2(stride)) + [1]
         self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, stride=s, padding=1)
                                    for a, b, s in zip(widths[:-1], widths[1:], steps, strict=True))
@@ -106,6 +122,23 @@ class FrameEncoder(nn.Module):
             x = F.relu(x) if i < len(self.convs) - 1 else x
         pooled = F.adaptive_avg_pool2d(rgb, x.shape[-2:])
         return torch.cat([x, pooled], dim=1)
+
+    def save(self, path: str | Path, manifest: Mapping | None = None) -> None:
+        """Write the weights and the architecture to a safetensors file, atomically."""
+        config = {"channels": self.channels, "stride": self.stride, "width": self.width}
+        save_tensors(path, dict(self.state_dict()),
+                     {"kind": "frame_encoder", "config": config, **(manifest or {})})
+
+    @classmethod
+    def load(cls, path: str | Path) -> FrameEncoder:
+        """The encoder saved at ``path`` by ``save``, frozen."""
+        tensors, manifest = load_tensors(path)
+        if manifest.get("kind") != "frame_encoder":
+            raise ValueError(f"FrameEncoder.load: expected a frame encoder file, got kind "
+                             f"{manifest.get('kind')!r} in {path}")
+        encoder = cls(**manifest["config"])
+        encoder.load_state_dict(tensors)
+        return encoder.requires_grad_(False)
 
 
 class TargetModel(nn.Module):
@@ -133,6 +166,87 @@ class TargetModel(nn.Module):
             xs = torch.linspace(-1, 1, w).view(1, 1, 1, w).expand(n, 1, h, w)
             features = torch.cat([features, xs, ys], dim=1)
         return self.head(F.relu(self.body(features)))
+
+
+def train_frame_encoder(*, channels: int = 16, stride: int = 4, width: int = 32,
+                        size: tuple[int, int] = (64, 64), n_videos: int = 12,
+                        n_frames: int = 400, steps: int = 1500, pairs: int = 8,
+                        lr: float = 3e-3, temperature: float = 10.0,
+                        seed: int = ENCODER_SEED) -> FrameEncoder:
+    """A ``FrameEncoder`` trained once to match pixels of one object across nearby frames.
+
+    Data: ``long_video(TRAIN_VIDEO_SEEDS + i)`` for ``i < n_videos`` (seeds at or
+    above 2**31, so disjoint from every suite seed, which is below 2**31). Each step
+    draws ``pairs`` frame pairs ``(a, b)``, ``b`` 1-30 frames after ``a`` in the same
+    sub-chunk (so the same appearance regime), and minimises ``matching_loss``: every
+    cell of ``b`` is called target by how much more it resembles its nearest target
+    cell of ``a`` than its nearest other cell. The encoder learns to tell an object's
+    texture and colour from the background's and a look-alike distractor's; which
+    object is the target is still the online target model's to learn.
+    """
+    encoder = FrameEncoder(channels, stride, seed, width).requires_grad_(True)
+    videos = [long_video(TRAIN_VIDEO_SEEDS + i, n_frames, size) for i in range(n_videos)]
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=lr)
+    generator = derive_generator(seed, "frame-encoder-pairs")
+    for _ in range(steps):
+        a, b = _frame_pairs(videos, pairs, generator)
+        feature_a, feature_b = encoder(a[0]), encoder(b[0])
+        size_ = tuple(feature_a.shape[-2:])
+        loss = matching_loss(feature_a, mask_labels(a[1], size_), feature_b,
+                             mask_labels(b[1], size_), temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return encoder.requires_grad_(False)
+
+
+def matching_loss(feature_a: torch.Tensor, label_a: torch.Tensor, feature_b: torch.Tensor,
+                  label_b: torch.Tensor, temperature: float = 10.0) -> torch.Tensor:
+    """Balanced BCE of ``b``'s labels from nearest-neighbour matching to ``a``'s cells.
+
+    Features ``(n, C, h, w)`` are L2-normalised per cell; a cell of ``b`` gets the
+    logit ``temperature * (max cosine to a's target cells - max cosine to a's other
+    cells)``; labels are uint8 target shares x 255 (``mask_labels``); a cell of
+    ``a`` counts as target when its share is above one half.
+    """
+    ea = F.normalize(feature_a.flatten(2), dim=1)
+    eb = F.normalize(feature_b.flatten(2), dim=1)
+    similarity = eb.transpose(1, 2) @ ea  # (n, cells of b, cells of a)
+    target_a = (label_a.flatten(1) > 127)[:, None, :]
+    nearest_target = similarity.masked_fill(~target_a, -2.0).amax(dim=2)
+    nearest_other = similarity.masked_fill(target_a, -2.0).amax(dim=2)
+    logits = temperature * (nearest_target - nearest_other)
+    target = label_b.flatten(1).float()[:, None] / 255
+    weights = balanced_pixel_weights(target.unsqueeze(-1))[:, 0, :, 0]
+    loss = F.binary_cross_entropy_with_logits(logits, target[:, 0], reduction="none")
+    return (loss * weights).sum(dim=1).mean()
+
+
+def trained_encoder(path: str | Path, **options) -> FrameEncoder:
+    """The encoder saved at ``path``; when there is none, ``train_frame_encoder(**options)``
+    trains one (a minute or two on one CPU core) and saves it there atomically."""
+    path = Path(path)
+    if path.exists():
+        return FrameEncoder.load(path)
+    encoder = train_frame_encoder(**options)
+    encoder.save(path, {"trained_by": "memkit.agents.vos.train_frame_encoder",
+                        "options": {k: list(v) if isinstance(v, tuple) else v
+                                    for k, v in options.items()}})
+    return encoder
+
+
+def _frame_pairs(videos, n: int, generator: torch.Generator):
+    """``n`` pairs (frames, masks) of a frame with target and a frame 1-30 frames later in the
+    same sub-chunk, from videos drawn at random."""
+    picks = []
+    while len(picks) < n:
+        video = videos[int(torch.randint(len(videos), (1,), generator=generator))]
+        t = int(torch.randint(len(video) - 31, (1,), generator=generator))
+        u = t + int(torch.randint(1, 31, (1,), generator=generator))
+        if video.meta["regime"][t] == video.meta["regime"][u] and video.masks[t].any():
+            picks.append((video, t, u))
+    return tuple((torch.stack([pick[0].frames[pick[k]] for pick in picks]),
+                  torch.stack([pick[0].masks[pick[k]] for pick in picks])) for k in (1, 2))
 
 
 def mask_labels(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -166,6 +280,8 @@ class OnlineVOSLearner:
     more when the entries leave a remainder). A callable memory is built first and
     must leave the regularizer room. ``unbounded=True`` ignores ``budget`` and
     sizes an LWL memory for every frame of each video on its own budget.
+    ``encoder``: a ``FrameEncoder`` (e.g. ``trained_encoder(path)``) used instead of
+    the seeded random one of ``channels`` and ``stride``.
     """
 
     def __init__(self, memory: str | Callable = "lwl", regularizer: str | Callable | None = None,
@@ -175,7 +291,7 @@ class OnlineVOSLearner:
                  codec: str = "float16", unbounded: bool = False, coords: bool = True,
                  memory_options: Mapping | None = None,
                  regularizer_options: Mapping | None = None, regularizer_snapshots: int = 2,
-                 consolidate_every: int = 25):
+                 consolidate_every: int = 25, encoder: FrameEncoder | None = None):
         if not callable(memory) and memory not in MEMORIES:
             raise ValueError(f"OnlineVOSLearner: expected memory among {sorted(MEMORIES)} or a "
                              f"callable, got {memory!r}")
@@ -204,7 +320,10 @@ class OnlineVOSLearner:
         self.regularizer_options = dict(regularizer_options or {})
         self.regularizer_snapshots, self.consolidate_every = (regularizer_snapshots,
                                                                consolidate_every)
-        self.encoder = FrameEncoder(channels, stride)
+        if encoder is not None and not isinstance(encoder, FrameEncoder):
+            raise TypeError(f"OnlineVOSLearner: expected encoder None or a FrameEncoder, "
+                            f"got {type(encoder).__name__}")
+        self.encoder = FrameEncoder(channels, stride) if encoder is None else encoder
         self.memory: Store | None = None
         self.regularizer: Store | None = None
         self.model: TargetModel | None = None

@@ -9,8 +9,8 @@ makes such videos, seeded and with exact masks:
 
 - one textured target (a smooth random blob: radius ``1 + sum_k a_k cos(k phi - p_k)``)
   on a smooth trajectory with slight scale and rotation changes, its texture
-  attached to it; distractors (blobs with the target's texture, slightly hue
-  shifted; label 0) pass behind it;
+  attached to it; distractors (blobs with the target's texture, hue rotated by
+  1-2 radians so that they look alike but stay distinguishable; label 0) pass behind it;
 - textures cut from scikit-learn's two bundled photographs (``load_sample_images``),
   or smooth procedural noise, or flat colours;
 - the video is cut into sub-chunks of 50-300 frames; chunk ``k`` shows regime
@@ -46,6 +46,9 @@ TEXTURE = 64
 HARMONICS = (2, 3, 4)
 """Harmonics of a blob's radius function."""
 TEXTURES = ("photo", "noise", "flat")
+DISTRACTOR_HUE = (1.0, 2.0)
+"""Range of a distractor's hue rotation from the target's texture, in radians (either sign):
+the same texture cut in a clearly different hue, similar but distinguishable."""
 PHOTO_TRIES = 4
 """A photo texture is the most varied (highest standard deviation) of this many random cuts,
 so that plain sky or out-of-focus background is rarely chosen."""
@@ -66,9 +69,15 @@ class _Path:
 def long_video(seed: int, n_frames: int = 2000, size: tuple[int, int] = (96, 96), *,
                n_regimes: int = 3, chunk_frames: tuple[int, int] = (50, 300),
                drift: float = 1.0, n_distractors: int = 1, occluders: bool = True,
-               jitter: int = 2, texture: str = "photo", name: str | None = None) -> Video:
+               jitter: int = 2, texture: str = "photo", ramp: int = 0,
+               target_drift: float | None = None, name: str | None = None) -> Video:
     """A video of ``n_frames`` whose appearance regimes switch every 50-300 frames and recur.
 
+    ``ramp``: a regime's first appearance fades in from the previous regime's look
+    over its first ``ramp`` frames (a gradual drift an online learner can follow);
+    every later recurrence, and every switch with ``ramp=0``, is abrupt.
+    ``target_drift`` (default ``drift``) scales the target's (and so the distractors')
+    appearance changes apart from the background's.
     ``meta``: ``regime`` (int64 ``[T]``), ``chunk_starts`` (list of int),
     ``n_regimes``, ``occluded`` (bool ``[T]``: an occluder covers part of the
     target), ``camera`` (int64 ``[T, 2]``: the jitter offset (x, y)).
@@ -78,9 +87,15 @@ def long_video(seed: int, n_frames: int = 2000, size: tuple[int, int] = (96, 96)
     if len(chunk_frames) != 2 or not 1 <= chunk_frames[0] <= chunk_frames[1] // 2:
         raise ValueError(f"long video: expected chunk_frames (lo, hi) with 1 <= lo and "
                          f"2 * lo <= hi, got {chunk_frames!r}")
+    if isinstance(ramp, bool) or not isinstance(ramp, int) or ramp < 0:
+        raise ValueError(f"long video: expected an integer ramp >= 0, got {ramp!r}")
+    target_drift = drift if target_drift is None else target_drift
+    if not 0.0 <= target_drift <= 1.0:
+        raise ValueError(f"long video: expected target_drift in [0, 1], got {target_drift!r}")
     starts = _chunk_starts(derive_generator(seed, "chunks"), n_frames, chunk_frames)
     return _generate(seed, n_frames, size, starts, n_regimes, drift, n_distractors, occluders,
-                     jitter, texture, name or f"long_{seed}", clvos_eval_frames(starts, n_frames))
+                     jitter, texture, name or f"long_{seed}", clvos_eval_frames(starts, n_frames),
+                     ramp, target_drift)
 
 
 def short_video(seed: int, n_frames: int = 80, size: tuple[int, int] = (96, 96), *,
@@ -110,32 +125,59 @@ def short_suite(n_videos: int = 3, seed: int = 0, **kwargs) -> list[Video]:
 
 
 def _generate(seed, n_frames, size, starts, n_regimes, drift, n_distractors, occluders, jitter,
-              texture, name, eval_frames) -> Video:
+              texture, name, eval_frames, ramp: int = 0,
+              target_drift: float | None = None) -> Video:
     h, w = size
     regime = _regime_per_frame(starts, n_regimes, n_frames)
     camera = _camera(derive_generator(seed, "camera"), n_frames, jitter)
     looks = _looks(seed, n_regimes, drift, texture, (h + 2 * jitter, w + 2 * jitter),
-                   n_distractors)
+                   n_distractors, drift if target_drift is None else target_drift)
     target = _target_path(derive_generator(seed, "target"), n_frames, size)
     distractors = [_target_path(derive_generator(seed, "distractor", i), n_frames, size, 0.8)
                    for i in range(n_distractors)]
     occluder, active = _occluder_path(derive_generator(seed, "occluders"), target, occluders)
     frames = torch.empty(n_frames, 3, h, w, dtype=torch.uint8)
     masks = torch.zeros(n_frames, h, w, dtype=torch.uint8)
-    for lo, hi in zip(starts, [*starts[1:], n_frames], strict=True):
-        r, which = int(regime[lo]), torch.arange(lo, hi)
-        frames[lo:hi] = _background(looks["background"][r], camera[lo:hi], jitter, size)
-        for i, path in enumerate(distractors):
-            _paste(frames, which, path, camera, looks["distractor"][i][r])
-        t, y, x = _paste(frames, which, target, camera, looks["target"][r])
-        masks[t, y, x] = 1
+    for k, (lo, hi) in enumerate(zip(starts, [*starts[1:], n_frames], strict=True)):
+        fade = min(ramp, hi - lo) if 0 < k < n_regimes else 0
+        for which, look in _segments(looks, k, lo, hi, fade):
+            a, b = int(which[0]), int(which[-1]) + 1
+            frames[a:b] = _background(look["background"], camera[a:b], jitter, size)
+            for path, texture_ in zip(distractors, look["distractor"], strict=True):
+                _paste(frames, which, path, camera, texture_)
+            t, y, x = _paste(frames, which, target, camera, look["target"])
+            masks[t, y, x] = 1
     occluded = torch.zeros(n_frames, dtype=torch.bool)
     t, y, x = _paste(frames, active.nonzero().squeeze(1), occluder, camera, looks["occluder"])
     occluded[t[masks[t, y, x] == 1]] = True
     masks[t, y, x] = 0
     meta = {"regime": regime, "chunk_starts": list(starts), "n_regimes": n_regimes,
-            "occluded": occluded, "camera": camera}
+            "occluded": occluded, "camera": camera, "ramp": ramp}
     return Video(name, frames, masks, eval_frames.to(torch.int64), meta)
+
+
+def _segments(looks: dict, k: int, lo: int, hi: int, fade: int):
+    """(frames, look) pieces of chunk ``k`` (regime ``k``'s first showing when ``fade`` > 0):
+    ``fade`` single frames blending regime ``k - 1`` into ``k``, then the rest in regime ``k``'s
+    look. A chunk shows regime ``k mod n_regimes``."""
+    n_regimes = len(looks["target"])
+    r = k % n_regimes
+    for i in range(fade):
+        yield torch.tensor([lo + i]), _blend(looks, r - 1, r, (i + 1) / (fade + 1))
+    if lo + fade < hi:
+        yield torch.arange(lo + fade, hi), _blend(looks, r, r, 1.0)
+
+
+def _blend(looks: dict, r0: int, r1: int, alpha: float) -> dict:
+    """The look ``(1 - alpha) * regime r0 + alpha * regime r1`` of every regime-dependent layer."""
+    def mix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return b if alpha == 1.0 else _quantise((1 - alpha) * a + alpha * b)
+
+    background = [looks["background"][r].float() / 255 for r in (r0, r1)]
+    return {"target": mix(looks["target"][r0], looks["target"][r1]),
+            "distractor": [mix(d[r0], d[r1]) for d in looks["distractor"]],
+            "background": looks["background"][r1] if alpha == 1.0
+            else mix(*background).mul(255).round().to(torch.uint8)}
 
 
 # ----------------------------------------------------------------- schedule and motion
@@ -273,7 +315,7 @@ def _appearance(g: torch.Generator, base: torch.Tensor, kind: str, drift: float)
 
 
 def _looks(seed: int, n_regimes: int, drift: float, kind: str, canvas: tuple[int, int],
-           n_distractors: int) -> dict:
+           n_distractors: int, target_drift: float) -> dict:
     """Per regime, the target's, distractors' and background's textures; the occluder's."""
     g = derive_generator(seed, "textures")
     target, background = _new_texture(g, kind, (TEXTURE, TEXTURE)), _new_texture(g, kind, canvas)
@@ -281,12 +323,13 @@ def _looks(seed: int, n_regimes: int, drift: float, kind: str, canvas: tuple[int
     g = derive_generator(seed, "regimes")
     looks = {"target": [target], "background": [background], "occluder": occluder}
     for _ in range(1, n_regimes):
-        looks["target"].append(_appearance(g, target, kind, drift))
+        looks["target"].append(_appearance(g, target, kind, target_drift))
         looks["background"].append(_appearance(g, background, kind, drift))
     g = derive_generator(seed, "distractor_looks")
     looks["distractor"] = []
     for _ in range(n_distractors):
-        shift = (0.3 + 0.4 * float(torch.rand(1, generator=g))) * (
+        shift = (DISTRACTOR_HUE[0] + (DISTRACTOR_HUE[1] - DISTRACTOR_HUE[0])
+                 * float(torch.rand(1, generator=g))) * (
             1 if float(torch.rand(1, generator=g)) < 0.5 else -1)
         looks["distractor"].append([_quantise(_hue_rotate(t, shift)) for t in looks["target"]])
     looks["target"] = [_quantise(t) for t in looks["target"]]
