@@ -80,10 +80,7 @@ class SeenData(Store):
                              f"y of shape (n,), got {tuple(x.shape)} and {tuple(y.shape)} "
                              f"{y.dtype}")
         grow = x.nbytes + y.nbytes - self.nbytes
-        if grow > 0:
-            self.budget.charge(self.owner, grow)
-        elif grow < 0:
-            self.budget.release(self.owner, -grow)
+        self.budget.adjust(self.owner, grow)
         self.x, self.y = x.clone(), y.clone()
 
 

@@ -69,6 +69,11 @@ def frames_nbytes(spec: Spec, n_frames: int, codec: str = "float16",
     return n_frames * entry + fixed
 
 
+def entry_nbytes(spec: Spec, codec: str = "float16", aux: Spec | None = None) -> int:
+    """Bytes one entry of a frame memory costs under ``codec`` (with hidden ``aux``)."""
+    return frames_nbytes(spec, 1, codec, aux) - frames_nbytes(spec, 0, codec, aux)
+
+
 def floor_initial(weights: torch.Tensor, floor: float) -> torch.Tensor:
     """Normalise ``weights`` to sum 1, then raise entry 0 to at least ``floor`` (others scaled)."""
     w = weights.double() / weights.double().sum().clamp(min=1e-300)
@@ -128,7 +133,7 @@ class LWLMemory(SampleMemory):
     @classmethod
     def entry_nbytes(cls, spec: Spec, codec: str = "float16") -> int:
         """Bytes one entry costs (the feature map under ``codec``, the mask and the weight)."""
-        return frames_nbytes(spec, 1, codec, cls.AUX) - frames_nbytes(spec, 0, codec, cls.AUX)
+        return entry_nbytes(spec, codec, cls.AUX)
 
     @classmethod
     def unbounded(cls, spec: Spec, n_frames: int, *, owner: str = "lwl",

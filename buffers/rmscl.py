@@ -41,8 +41,8 @@ from memkit.buffers.lwl import (
     check_fraction,
     check_frame_spec,
     check_slots,
+    entry_nbytes,
     floor_initial,
-    frames_nbytes,
     positive,
 )
 from memkit.kernels.sparse import leave_one_out_residuals, nonneg_lasso
@@ -92,8 +92,7 @@ class RMSCLMemory(SampleMemory):
     def entry_nbytes(cls, spec: Spec, codec: str = "float16") -> int:
         """Bytes one entry costs: feature map under ``codec``, mask and descriptor."""
         spec = check_frame_spec(spec, "RMSCLMemory")
-        aux = descriptor_aux(spec)
-        return frames_nbytes(spec, 1, codec, aux) - frames_nbytes(spec, 0, codec, aux)
+        return entry_nbytes(spec, codec, descriptor_aux(spec))
 
     def config(self) -> dict:
         return {**super().config(), "lam": self.lam, "ridge": self.ridge,

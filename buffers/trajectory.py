@@ -43,7 +43,7 @@ from memkit.deployment import StepLabel
 from memkit.kernels.sampling import sample_distinct
 from memkit.registry import register
 from memkit.seeding import derive_generator
-from memkit.store import Store, normalize_spec, spec_to_json
+from memkit.store import Store, normalize_spec, saved_capacity, spec_to_json
 
 N_LABELS = len(StepLabel)
 BOOK = {"label": ((), torch.int8), "traj": ((), torch.int64), "round": ((), torch.int64)}
@@ -363,14 +363,7 @@ class TrajectoryMemory(Store):
         return torch.Size((len(theirs), *mine.shape[1:]))  # a saved memory may be resized
 
     def _check_adoptable(self, tensors, extra):
-        lengths = {len(tensors[name]) for name in self._slots}
-        if len(lengths) != 1:
-            raise ValueError(f"TrajectoryMemory.load_state_dict: slot tensors must share one "
-                             f"length, got {sorted(lengths)}")
-        capacity = lengths.pop()
-        if not 0 <= int(extra.get("size", -1)) <= capacity:
-            raise ValueError(f"TrajectoryMemory.load_state_dict: saved size "
-                             f"{extra.get('size')!r} does not fit {capacity} slots")
+        capacity = saved_capacity(self, tensors, extra)
         grow = self.nbytes_for(capacity - self.capacity)
         if grow > self.budget.free:
             raise BudgetExceeded(self.owner, grow, self.budget.free, self.budget.capacity)
@@ -378,9 +371,6 @@ class TrajectoryMemory(Store):
     def _adopt(self, tensors):
         capacity = len(tensors["obs"])
         grow = self.nbytes_for(capacity - self.capacity)
-        if grow >= 0:
-            self.budget.charge(self.owner, grow)
-        else:
-            self.budget.release(self.owner, -grow)
+        self.budget.adjust(self.owner, grow)
         self._slots = {name: tensors[name].clone() for name in self._slots}
         self.capacity = capacity

@@ -33,8 +33,8 @@ from memkit.buffers.lwl import (
     check_fraction,
     check_frame_spec,
     check_slots,
+    entry_nbytes,
     floor_initial,
-    frames_nbytes,
     positive,
 )
 from memkit.buffers.rmscl import descriptor_aux, descriptors
@@ -69,8 +69,7 @@ class UsageMemory(SampleMemory):
     def entry_nbytes(cls, spec: Spec, codec: str = "float16") -> int:
         """Bytes one entry costs: feature map under ``codec``, mask, descriptor, usage, life."""
         spec = check_frame_spec(spec, "UsageMemory")
-        aux = usage_aux(spec)
-        return frames_nbytes(spec, 1, codec, aux) - frames_nbytes(spec, 0, codec, aux)
+        return entry_nbytes(spec, codec, usage_aux(spec))
 
     def config(self) -> dict:
         return {**super().config(), "temperature": self.temperature,

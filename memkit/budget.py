@@ -120,6 +120,13 @@ class Budget:
             raise BudgetExceeded(owner, nbytes, self.free, self.capacity)
         self._ledger[owner] = self._ledger.get(owner, 0) + nbytes
 
+    def adjust(self, owner: str, delta: int) -> None:
+        """Charge ``delta`` bytes to ``owner`` if positive, release ``-delta`` if negative."""
+        if delta > 0:
+            self.charge(owner, delta)
+        elif delta < 0:
+            self.release(owner, -delta)
+
     def release(self, owner: str, nbytes: int | None = None) -> None:
         """Give back ``nbytes`` of ``owner``'s charge (all of it when ``nbytes`` is None)."""
         held = self._ledger.get(owner)

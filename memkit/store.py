@@ -260,14 +260,7 @@ class SampleMemory(Store):
         return mine.shape
 
     def _check_adoptable(self, tensors, extra):
-        lengths = {len(tensors[name]) for name in self._slots}
-        if len(lengths) != 1 or min(lengths) < 1:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: slot tensors must share "
-                             f"one positive length, got {sorted(lengths)}")
-        capacity = lengths.pop()
-        if not 0 <= int(extra.get("size", -1)) <= capacity:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: saved size "
-                             f"{extra.get('size')!r} does not fit {capacity} slots")
+        capacity = saved_capacity(self, tensors, extra, min_length=1)
         grow = self.nbytes_for(capacity) - self.nbytes
         if grow > self.budget.free:
             raise BudgetExceeded(self.owner, grow, self.budget.free, self.budget.capacity)
@@ -278,10 +271,7 @@ class SampleMemory(Store):
         if capacity == self.capacity:
             return super()._adopt(tensors)
         grow = self.nbytes_for(capacity) - self.nbytes
-        if grow >= 0:
-            self.budget.charge(self.owner, grow)
-        else:
-            self.budget.release(self.owner, -grow)
+        self.budget.adjust(self.owner, grow)
         self._slots = {name: tensors[name].clone() for name in self._slots}
         for name, t in self._codec_state.items():
             t.copy_(tensors[f"codec.{name}"])
@@ -355,6 +345,21 @@ class SampleMemory(Store):
             raise TypeError(f"{type(self).__name__}.add: expected a Batch, "
                             f"got {type(batch).__name__}")
         batch.check(self.spec, where=f"{type(self).__name__}.add")
+
+
+def saved_capacity(store: Store, tensors: Mapping[str, torch.Tensor], extra: Mapping, *,
+                   min_length: int = 0) -> int:
+    """The slot count of a saved slotted store, after checking its slots and saved size agree."""
+    where = f"{type(store).__name__}.load_state_dict"
+    lengths = {len(tensors[name]) for name in store._slots}
+    if len(lengths) != 1 or min(lengths) < min_length:
+        least = "one positive length" if min_length else "one length"
+        raise ValueError(f"{where}: slot tensors must share {least}, got {sorted(lengths)}")
+    capacity = lengths.pop()
+    if not 0 <= int(extra.get("size", -1)) <= capacity:
+        raise ValueError(f"{where}: saved size {extra.get('size')!r} does not fit "
+                         f"{capacity} slots")
+    return capacity
 
 
 def normalize_spec(spec) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:

@@ -103,3 +103,15 @@ def test_charge_model_counts_real_dtypes_shared_tensors_once_and_tracks_growth()
     grown = nn.ModuleList([model, nn.Linear(4, 3)])
     assert budget.charge_model(grown) == expected + (12 + 3) * 4 == budget.used
     assert budget.charge_model(model) == expected == budget.used, "shrinking releases"
+
+
+def test_adjust_charges_a_positive_delta_and_releases_a_negative_one():
+    budget = Budget(100)
+    budget.adjust("m", 60)
+    budget.adjust("m", -25)
+    budget.adjust("m", 0)
+    assert budget.charged("m") == 35 and budget.free == 65
+    with pytest.raises(BudgetExceeded):
+        budget.adjust("m", 70)
+    with pytest.raises(ValueError, match="holds 35 bytes, cannot release 40"):
+        budget.adjust("m", -40)
