@@ -1,6 +1,7 @@
 """Learners and agents that use memkit's stores."""
 
 from memkit.agents.backbones import BlockMLP, mlp, mlp_blocks, split_blocks, split_head
+from memkit.agents.causal_lm import CausalLM, LMOutput, decoder_layers
 from memkit.agents.der_expandable import DynamicallyExpandableRepresentation
 from memkit.agents.derpp import DERpp
 from memkit.agents.er import ExperienceReplay
@@ -10,6 +11,7 @@ from memkit.agents.gdumb import GDumbLearner
 from memkit.agents.humans import human_for, make_env
 from memkit.agents.icarl import ICaRL
 from memkit.agents.joint import Joint
+from memkit.agents.knn_lm import KNNLM, build_datastore
 from memkit.agents.lwf import LwF
 from memkit.agents.memo import MEMO
 from memkit.agents.sirius import (
@@ -29,9 +31,11 @@ from memkit.agents.vos import (
 
 __all__ = [
     "EWC",
+    "KNNLM",
     "MEMO",
     "BCPolicy",
     "BlockMLP",
+    "CausalLM",
     "DERpp",
     "DynamicallyExpandableRepresentation",
     "ExperienceReplay",
@@ -40,9 +44,12 @@ __all__ = [
     "GDumbLearner",
     "ICaRL",
     "Joint",
+    "LMOutput",
     "LwF",
     "OnlineVOSLearner",
     "SiriusLearner",
+    "build_datastore",
+    "decoder_layers",
     "human_for",
     "iwr_weights",
     "make_env",

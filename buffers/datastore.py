@@ -415,6 +415,10 @@ class Datastore(Store):
             self.index, self._live_bits = self._pending_index, None
             del self._pending_index
 
+    def clear(self) -> None:
+        """Forget every entry and the index's training; ids restart at 0; the bytes stay charged."""
+        self._allocate()
+
     # -- write ---------------------------------------------------------------------------------
 
     def write(self, keys: torch.Tensor, values: torch.Tensor,

@@ -115,6 +115,18 @@ def test_an_ivf_index_searches_exactly_until_it_has_trained():
     assert store.trained and store.index.ntotal == 700
 
 
+def test_clear_forgets_entries_and_training_and_keeps_the_charge():
+    budget = Budget("1MB")
+    store = Datastore(D, budget, index="IVF8,Flat", train_size=600)
+    fill(store, 700)
+    used = budget.used
+    store.clear()
+    assert len(store) == 0 and not store.trained and store.index.ntotal == 0
+    assert budget.used == used and store.search(clustered(2, seed=1), 3).ids.eq(-1).all()
+    fill(store, 50, seed=7)
+    assert store.ids[:50].tolist() == list(range(50))
+
+
 @settings(max_examples=40, deadline=None)
 @given(index=st.sampled_from(["Flat", "IVF4,Flat", "HNSW4"]),
        eviction=st.sampled_from(["fifo", "least_used"]), budget=st.integers(4_000, 30_000),
