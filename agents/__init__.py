@@ -12,8 +12,10 @@ from memkit.agents.humans import human_for, make_env
 from memkit.agents.icarl import ICaRL
 from memkit.agents.joint import Joint
 from memkit.agents.knn_lm import KNNLM, build_datastore
+from memkit.agents.longmem import LongMem, SideNetwork, train_side_network
 from memkit.agents.lwf import LwF
 from memkit.agents.memo import MEMO
+from memkit.agents.mlp_memory import MLPMemoryLM, train_mlp_memory
 from memkit.agents.sirius import (
     BCPolicy,
     SiriusLearner,
@@ -45,8 +47,11 @@ __all__ = [
     "ICaRL",
     "Joint",
     "LMOutput",
+    "LongMem",
     "LwF",
+    "MLPMemoryLM",
     "OnlineVOSLearner",
+    "SideNetwork",
     "SiriusLearner",
     "build_datastore",
     "decoder_layers",
@@ -59,6 +64,8 @@ __all__ = [
     "split_blocks",
     "split_head",
     "train_frame_encoder",
+    "train_mlp_memory",
+    "train_side_network",
     "trained_encoder",
     "uniform_weights",
     "vos_method",

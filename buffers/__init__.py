@@ -6,7 +6,9 @@ from memkit.buffers.ewc import EWCMemory
 from memkit.buffers.gdumb import GDumb
 from memkit.buffers.grcl import GatedRegularizer
 from memkit.buffers.herding import Herding
+from memkit.buffers.longmem import LongMemBank, longmem_bank_nbytes
 from memkit.buffers.lwl import LWLMemory
+from memkit.buffers.mlp_memory import MLPMemory, mlp_memory_nbytes
 from memkit.buffers.reservoir import Reservoir
 from memkit.buffers.ring import Ring
 from memkit.buffers.rmscl import RMSCLMemory
@@ -23,10 +25,14 @@ __all__ = [
            "Herding",
            "Hits",
            "LWLMemory",
+           "LongMemBank",
+           "MLPMemory",
            "RMSCLMemory",
            "Reservoir",
            "Ring",
            "TrajectoryMemory",
            "UsageMemory",
            "datastore_nbytes",
+           "longmem_bank_nbytes",
+           "mlp_memory_nbytes",
 ]
