@@ -65,28 +65,34 @@ class MLPMemoryLM(CausalLM):
 def train_mlp_memory(memory: MLPMemory, datastore: Datastore, *, steps: int, k: int = 64,
                      temperature: float = 16.0, alpha: float = 0.5, batch: int = 256,
                      lr: float = 1e-3, seed: int = 0, objective: str = "kl+ce",
-                     log_every: int = 1) -> list[float]:
+                     log_every: int = 1, entries: int | None = None) -> list[float]:
     """Train ``memory`` on ``datastore``'s entries for ``steps`` AdamW steps; return the losses.
 
     Each returned value is the mean loss of ``log_every`` consecutive steps (the
     last group may be shorter). Minibatches walk seeded permutations of the
     entries, so a seed gives the same weights (with one torch thread).
+    ``entries`` trains on a seeded sample of that many entries (their targets
+    still searched over the whole datastore): the exact search for the targets
+    costs (entries x datastore size).
     """
     _check_training(memory, datastore, steps=steps, k=k, alpha=alpha, batch=batch, lr=lr,
                     objective=objective, log_every=log_every)
-    n = len(datastore)
-    keys, labels = datastore.keys[:n], datastore.values[:n].long()
+    held = len(datastore)
+    rows = _sample(held, entries, seed)
+    keys, labels = datastore.keys[rows], datastore.values[rows].long()
+    n = len(rows)
     alpha = 0.0 if objective == "ce" else alpha
     if alpha > 0:
-        values, weights = knn_targets(keys, datastore.ids[:n], keys, labels, datastore.ids[:n],
+        values, weights = knn_targets(keys, datastore.ids[rows], datastore.keys[:held],
+                                      datastore.values[:held].long(), datastore.ids[:held],
                                       k=k, temperature=temperature, metric=datastore.metric)
     else:  # the labels alone: the KL term is not computed
         values, weights = labels[:, None], torch.ones(n, 1)
     optimizer = torch.optim.AdamW(memory.net.parameters(), lr=lr)
     losses, window = [], []
-    for step, rows in enumerate(_minibatches(n, batch, steps, seed)):
-        logits = memory.forward(keys[rows].float())
-        loss = mlp_memory_loss(logits, values[rows], weights[rows], labels[rows], alpha)
+    for step, picked in enumerate(_minibatches(n, batch, steps, seed)):
+        logits = memory.forward(keys[picked].float())
+        loss = mlp_memory_loss(logits, values[picked], weights[picked], labels[picked], alpha)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -96,6 +102,17 @@ def train_mlp_memory(memory: MLPMemory, datastore: Datastore, *, steps: int, k: 
             losses.append(math.fsum(window) / len(window))
             window = []
     return losses
+
+
+def _sample(held: int, entries: int | None, seed: int) -> torch.Tensor:
+    """Rows of the entries trained on: all, or a seeded sample of ``entries`` in row order."""
+    if entries is not None and (isinstance(entries, bool) or not isinstance(entries, int)
+                                or entries < 1):
+        raise ValueError(f"entries: expected an int >= 1 or None, got {entries!r}")
+    if entries is None or entries >= held:
+        return torch.arange(held)
+    pick = torch.randperm(held, generator=derive_generator(seed, "mlp_memory.entries"))
+    return pick[:entries].sort().values
 
 
 def _minibatches(n: int, batch: int, steps: int, seed: int):

@@ -275,3 +275,24 @@ def test_training_errors_name_what_was_expected():
         train_mlp_memory(MLPMemory(DIM, 20, Budget("1MB"), blocks=1), datastore, steps=1, k=4)
     with pytest.raises(ValueError, match="steps: expected an int >= 1"):
         train_mlp_memory(memory, datastore, steps=0, k=4)
+
+
+def test_training_on_a_sample_searches_targets_over_the_whole_datastore(monkeypatch):
+    store = Datastore(6, Budget("1MB"), nbytes="64KB", key_dtype=torch.float32)
+    g = torch.Generator().manual_seed(4)
+    store.write(torch.randn(300, 6, generator=g), torch.randint(0, 10, (300,), generator=g))
+    seen = {}
+    module = sys.modules["memkit.agents.mlp_memory"]
+    real = module.knn_targets
+
+    def spy(keys, ids, datastore_keys, *args, **kwargs):
+        seen.update(queries=len(keys), searched=len(datastore_keys), ids=ids.clone())
+        return real(keys, ids, datastore_keys, *args, **kwargs)
+
+    monkeypatch.setattr(module, "knn_targets", spy)
+    memory = MLPMemory(6, 10, Budget("1MB"), blocks=1)
+    train_mlp_memory(memory, store, steps=2, k=4, entries=50, seed=1)
+    assert seen["queries"] == 50 and seen["searched"] == 300
+    assert len(set(seen["ids"].tolist())) == 50
+    with pytest.raises(ValueError, match="entries: expected an int >= 1 or None"):
+        train_mlp_memory(memory, store, steps=1, entries=0)
