@@ -43,7 +43,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.activations import ACT2FN
 
 from memkit.agents.causal_lm import CausalLM, LMOutput, decoder_layers
 from memkit.budget import Budget
@@ -121,6 +120,8 @@ class SideMLP(nn.Module):
     """The feed-forward block: plain (GPT-2's) or gated (Llama's)."""
 
     def __init__(self, c: SideConfig):
+        from transformers.activations import ACT2FN  # the backbone's own activation by name
+
         super().__init__()
         self.gated, self.act = c.mlp == "gated", ACT2FN[c.activation]
         self.up = nn.Linear(c.hidden, c.intermediate, bias=c.mlp_bias)

@@ -7,7 +7,9 @@ Bundled or generated data (no download): ``split_digits`` (scikit-learn digits),
 "python version" batches, read with an unpickler that admits only numpy arrays).
 Videos for online segmentation: ``long_video`` / ``short_video`` generate seeded
 videos with recurring appearance regimes; ``read_davis`` / ``write_davis`` read
-and write the DAVIS folder layout.
+and write the DAVIS folder layout. Text for memory-augmented LMs:
+``long_range_corpus`` generates documents whose facts are used again beyond a
+context window, with ``corpus_tokenizer``, a word-level tokenizer over its vocabulary.
 """
 
 from memkit.data.blobs import blobs
@@ -21,19 +23,31 @@ from memkit.data.cifar import (
 )
 from memkit.data.davis import davis_palette, read_davis, write_davis
 from memkit.data.digits import split_digits
+from memkit.data.long_range_text import (
+    Document,
+    Fact,
+    Use,
+    corpus_tokenizer,
+    long_range_corpus,
+)
 from memkit.data.long_video import long_suite, long_video, short_suite, short_video
 from memkit.data.mnist1d import make_mnist1d, split_mnist1d
 from memkit.data.mnist5k import split_mnist5k
 from memkit.data.mnist_idx import load_mnist, read_idx, split_mnist
 
 __all__ = [
+    "Document",
+    "Fact",
     "NumpyOnlyUnpickler",
+    "Use",
     "blobs",
+    "corpus_tokenizer",
     "davis_palette",
     "load_cifar10",
     "load_cifar100",
     "load_mnist",
     "load_pickle",
+    "long_range_corpus",
     "long_suite",
     "long_video",
     "make_mnist1d",
