@@ -231,3 +231,22 @@ def test_bad_input_is_refused_clearly():
         KNNLM(model, k=0)
     with pytest.raises(ValueError, match="expected dim 32"):
         build_datastore(lm, [ids_of(5)], Datastore(8, Budget("1MB"), nbytes="16KB"))
+
+
+def test_text_in_text_out_through_a_tokenizer():
+    from memkit.data.long_range_text import corpus_tokenizer
+
+    tokenizer = corpus_tokenizer()
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=16,
+                                     n_layer=1, n_head=2)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    knn = KNNLM(model, tokenizer, cache=Datastore(16, Budget("1MB"), nbytes="64KB"), k=4)
+    text = "the pet of zovak is a cat . " * 3
+    ids = knn.encode(text)
+    assert ids[0] == tokenizer.bos_token_id and len(ids) == len(text.split()) + 1
+    assert knn.log_prob(text) == pytest.approx(float(knn.token_log_probs(ids).sum()))
+    continuation = knn.generate("the pet of", 3)
+    assert isinstance(continuation, str) and len(continuation.split()) == 3
+    with pytest.raises(TypeError, match="expected a str"):
+        knn.encode(3)
