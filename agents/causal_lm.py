@@ -39,16 +39,21 @@ FFN_NAMES = ("mlp", "feed_forward", "ffn", "fc1")
 """A decoder layer's feed-forward block (OPT's is its first linear layer)."""
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a ``transformers`` causal LM, in order."""
-    for path in LAYER_PATHS:
+def module_at(model: nn.Module, paths: Sequence[str], kind: type, what: str) -> nn.Module:
+    """The first submodule of type ``kind`` at one of the dotted ``paths`` (e.g. "model.norm")."""
+    for path in paths:
         module = model
         for name in path.split("."):
             module = getattr(module, name, None)
-        if isinstance(module, nn.ModuleList):
+        if isinstance(module, kind):
             return module
-    raise ValueError(f"decoder_layers: expected a causal LM with decoder layers at one of "
-                     f"{LAYER_PATHS}, got a {type(model).__name__}")
+    raise ValueError(f"{what}: expected a causal LM with {what.replace('_', ' ')} at one of "
+                     f"{tuple(paths)}, got a {type(model).__name__}")
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a ``transformers`` causal LM, in order."""
+    return module_at(model, LAYER_PATHS, nn.ModuleList, "decoder_layers")
 
 
 def feed_forward(layer: nn.Module) -> nn.Module:

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memkit.agents.causal_lm import CausalLM, LMOutput, decoder_layers
+from memkit.agents.causal_lm import CausalLM, LMOutput, decoder_layers, module_at
 from memkit.budget import Budget
 from memkit.buffers.longmem import LongMemBank
 from memkit.io import load_tensors, save_tensors
@@ -390,14 +390,7 @@ def _copy_llama(block: SideBlock, layer: nn.Module) -> None:
 
 def final_norm(model: nn.Module) -> nn.Module:
     """The norm between the last decoder layer and the LM head."""
-    for path in FINAL_NORM_PATHS:
-        module = model
-        for name in path.split("."):
-            module = getattr(module, name, None)
-        if isinstance(module, nn.Module):
-            return module
-    raise ValueError(f"final_norm: expected a causal LM with a final norm at one of "
-                     f"{FINAL_NORM_PATHS}, got a {type(model).__name__}")
+    return module_at(model, FINAL_NORM_PATHS, nn.Module, "final_norm")
 
 
 def train_side_network(longmem: LongMem, documents: Sequence[torch.Tensor], *, steps: int,

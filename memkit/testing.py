@@ -9,9 +9,12 @@ Both raise ``AssertionError`` naming the first broken promise.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -81,6 +84,22 @@ def _assert_same_tensors(a: Mapping, b: Mapping, where: str) -> None:
     assert a.keys() == b.keys(), f"{where}: tensors {sorted(a)} != {sorted(b)}"
     for key in a:
         assert torch.equal(a[key], b[key]), f"{where}: tensor {key!r} differs after resume"
+
+
+def load_script(path: str | Path, name: str | None = None) -> ModuleType:
+    """Import a script (a benchmark or an example) as module ``name`` (default: its stem).
+
+    The module is registered in ``sys.modules`` first, so its dataclasses and
+    pickling-free multiprocessing helpers resolve their module by name.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"load_script: expected a Python file, got {path}")
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def random_batch(spec, n: int, generator: torch.Generator) -> Batch:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import runpy
 import sys
 from pathlib import Path
@@ -17,16 +16,13 @@ from memkit.agents.knn_lm import KNNLM  # noqa: E402
 from memkit.budget import Budget  # noqa: E402
 from memkit.buffers.datastore import Datastore  # noqa: E402
 from memkit.data.long_range_text import long_range_corpus  # noqa: E402
+from memkit.testing import load_script  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / f"{name}.py")
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,7 @@ covers every word, and the tiny LM is written atomically, reused, and refused on
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from memkit.data.long_range_text import (
     long_range_corpus,
     vocabulary,
 )
+from memkit.testing import load_script
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,12 +30,7 @@ TINY = dict(n_layer=2, d=16, heads=2, window=32, n_docs=12, n_test_docs=2, steps
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("train_tiny_lm",
-                                                  ROOT / "benchmarks" / "train_tiny_lm.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_tiny_lm"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / "train_tiny_lm.py")
 
 
 @pytest.fixture(scope="module")

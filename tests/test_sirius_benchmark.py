@@ -1,12 +1,12 @@
-import importlib.util
 import json
 import runpy
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from memkit.testing import load_script
 
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type swig:DeprecationWarning")
 pytest.importorskip("gymnasium_robotics")
@@ -14,16 +14,7 @@ pytest.importorskip("gymnasium_robotics")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("sirius_benchmark",
-                                                  ROOT / "benchmarks" / "sirius.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load_benchmark()
+bench = load_script(ROOT / "benchmarks" / "sirius.py", "sirius_benchmark")
 TINY_FETCH = replace(bench.TASKS["FetchPush-v4"], demo_episodes=2, rounds=1,
                      episodes_per_round=2, eval_episodes=2,
                      learner={**bench.GMM, "hidden": (16, 16), "steps": 3})

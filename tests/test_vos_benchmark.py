@@ -1,7 +1,5 @@
-import importlib.util
 import json
 import runpy
-import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +7,7 @@ import torch
 
 from memkit.agents.vos import FrameEncoder, matching_loss, train_frame_encoder
 from memkit.data.long_video import long_video
+from memkit.testing import load_script
 from memkit.video import clvos_eval_frames
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,12 +17,7 @@ TINY = dict(seeds=(0,), budgets=(2, 3), methods=("lwl_fifo", "grcl", "rmscl"), l
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("vos_long_video",
-                                                  ROOT / "benchmarks" / "vos_long_video.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["vos_long_video"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / "vos_long_video.py")
 
 
 @pytest.fixture()
