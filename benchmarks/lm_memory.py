@@ -245,8 +245,10 @@ def knn_methods(lm, model, corpus, docs, masks, s: Setting) -> tuple[dict, dict]
     main = f"k={s.k} lam={s.lam} T={s.temperature:g}"
     results["knn_corpus"] = sweeps[f"knn_corpus {main}"]
     results["knn_cache"] = sweeps[f"knn_cache {main}"]
+    results["knn_cache"]["nbytes"] = cache.nbytes
     both = KNNLM(model, datastore=corpus, cache=cache, k=s.k, lam=s.lam, **kw)
-    results["knn_both"] = summarise(score_docs(both, docs), masks)
+    results["knn_both"] = {**summarise(score_docs(both, docs), masks),
+                           "nbytes": corpus.nbytes + cache.nbytes}
     alone = KNNLM(model, cache=cache, k=s.k, lam=s.lam, **kw)
     results["knn_cache_shuffled"] = summarise(score_shuffled(alone, docs), masks)
     return results, {"sweeps": sweeps, "checks": checks, "lm_scores": lm_scores}
