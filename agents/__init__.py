@@ -2,6 +2,7 @@
 
 from memkit.agents.backbones import BlockMLP, mlp, mlp_blocks, split_blocks, split_head
 from memkit.agents.causal_lm import CausalLM, LMOutput, decoder_layers
+from memkit.agents.cmt import CMT, memory_aware_loss, qa_loss, self_matching_loss, train_cmt
 from memkit.agents.der_expandable import DynamicallyExpandableRepresentation
 from memkit.agents.derpp import DERpp
 from memkit.agents.er import ExperienceReplay
@@ -32,6 +33,7 @@ from memkit.agents.vos import (
 )
 
 __all__ = [
+    "CMT",
     "EWC",
     "KNNLM",
     "MEMO",
@@ -58,11 +60,15 @@ __all__ = [
     "human_for",
     "iwr_weights",
     "make_env",
+    "memory_aware_loss",
     "mlp",
     "mlp_blocks",
+    "qa_loss",
+    "self_matching_loss",
     "sirius_weights",
     "split_blocks",
     "split_head",
+    "train_cmt",
     "train_frame_encoder",
     "train_mlp_memory",
     "train_side_network",

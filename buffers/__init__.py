@@ -1,6 +1,7 @@
 """Bounded memory stores, each charged in bytes to a budget."""
 
 from memkit.buffers.class_balanced import ClassBalanced
+from memkit.buffers.cmt import CMTBank, CMTEntries, cmt_bank_nbytes
 from memkit.buffers.datastore import Datastore, Entries, Hits, datastore_nbytes
 from memkit.buffers.ewc import EWCMemory
 from memkit.buffers.gdumb import GDumb
@@ -16,6 +17,8 @@ from memkit.buffers.trajectory import TrajectoryMemory
 from memkit.buffers.usage import UsageMemory
 
 __all__ = [
+           "CMTBank",
+           "CMTEntries",
            "ClassBalanced",
            "Datastore",
            "EWCMemory",
@@ -32,6 +35,7 @@ __all__ = [
            "Ring",
            "TrajectoryMemory",
            "UsageMemory",
+           "cmt_bank_nbytes",
            "datastore_nbytes",
            "longmem_bank_nbytes",
            "mlp_memory_nbytes",
