@@ -5,6 +5,7 @@ from memkit.agents.causal_lm import CausalLM, LMOutput, decoder_layers
 from memkit.agents.cmt import CMT, memory_aware_loss, qa_loss, self_matching_loss, train_cmt
 from memkit.agents.der_expandable import DynamicallyExpandableRepresentation
 from memkit.agents.derpp import DERpp
+from memkit.agents.embedders import HashingEmbedder, MiniLM
 from memkit.agents.er import ExperienceReplay
 from memkit.agents.ewc import EWC
 from memkit.agents.finetune import Finetune
@@ -16,6 +17,7 @@ from memkit.agents.knn_lm import KNNLM, build_datastore
 from memkit.agents.longmem import LongMem, SideNetwork, train_side_network
 from memkit.agents.lwf import LwF
 from memkit.agents.memo import MEMO
+from memkit.agents.memory_api import AgentMemory, Recalled
 from memkit.agents.mlp_memory import MLPMemoryLM, train_mlp_memory
 from memkit.agents.sirius import (
     BCPolicy,
@@ -37,6 +39,7 @@ __all__ = [
     "EWC",
     "KNNLM",
     "MEMO",
+    "AgentMemory",
     "BCPolicy",
     "BlockMLP",
     "CausalLM",
@@ -46,13 +49,16 @@ __all__ = [
     "Finetune",
     "FrameEncoder",
     "GDumbLearner",
+    "HashingEmbedder",
     "ICaRL",
     "Joint",
     "LMOutput",
     "LongMem",
     "LwF",
     "MLPMemoryLM",
+    "MiniLM",
     "OnlineVOSLearner",
+    "Recalled",
     "SideNetwork",
     "SiriusLearner",
     "build_datastore",

@@ -1,0 +1,648 @@
+"""AgentMemory: remember / recall / forget over a persistent, byte-budgeted memory of records.
+
+An agent's memory stream (Park, O'Brien, Cai, Morris, Liang & Bernstein,
+"Generative Agents: Interactive Simulacra of Human Behavior", UIST 2023) keeps
+every observation as a record with a creation time, a last-access time and an
+importance, and retrieves records by the similarity of their embeddings to a
+query; an episodic memory for reinforcement learning (Pritzel et al., "Neural
+Episodic Control", ICML 2017) is the same bank of embeddings, bounded, dropping
+the least recently used entries when full. ``AgentMemory`` is that bank on disk,
+so it outlives the process that wrote it.
+
+- **Records** live in SQLite (WAL mode): id, the item (a string or a JSON
+  object), its meta (a flat JSON object of str/int/float), importance, the
+  tick it was created and last recalled, how often it was recalled, its bytes,
+  and its embedding as a float32 BLOB. Ticks come from a logical clock kept in
+  the database: each remembered record and each recall advance it by one.
+- **The index** is a faiss index (``index`` is a faiss index string: ``"Flat"``
+  is exact; ``"HNSW32"``, ``"IVF64,Flat"`` ... are approximate; an IVF index is
+  exact Flat until it holds enough records to train) over the embeddings, keyed
+  by record id, in ``index.faiss`` beside ``index.json`` (its epoch, size and
+  sha256). Every write commits its SQLite transaction first, which advances the
+  ``epoch`` counter in the database, then replaces the index file (temporary
+  file + ``os.replace``) and then the JSON. On open, an index whose epoch, size
+  or checksum does not match the database is rebuilt from the stored
+  embeddings, so a crash loses at most the write that had not committed.
+- **Bytes** of a record: its embedding (dim x 4), the UTF-8 JSON of its item
+  and of its meta, and ``RECORD_OVERHEAD`` = 48 bytes (id, importance, created,
+  last_used and uses as 8-byte numbers, and the index's 8-byte id). The sum is
+  charged to a ``memkit.Budget`` under ``owner``. A remember that does not fit
+  evicts by ``eviction``: ``"recency"`` the least recently used (oldest
+  ``last_used``), ``"usage"`` the least recalled, ``"importance"`` the least
+  important, the oldest first among equals (by ``created``, then id). An item
+  larger than all the budget this memory could hold raises ``BudgetExceeded``.
+  The faiss index's own copy of the vectors is not charged.
+- **Concurrency**: one writer process at a time (``writer.lock``, an exclusive
+  ``flock``), any number of readers (``readonly=True``). A reader recalls inside
+  one SQLite read transaction (a consistent snapshot) with an index of that
+  snapshot's epoch: it reloads the published index when its own lags, and
+  builds one from the snapshot when none matches. Only the writer's recalls
+  update ``last_used`` and ``uses``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+
+from memkit.budget import Budget, BudgetExceeded
+from memkit.buffers.datastore import parse_index
+from memkit.io import atomic_path, write_text_atomic
+from memkit.kernels.topk import topk_search
+
+FORMAT = "memkit.agent_memory/1"
+RECORD_OVERHEAD = 48
+"""Bytes charged per record besides its embedding, item and meta (see the module docstring)."""
+EVICTIONS = {"recency": "last_used, id", "usage": "uses, created, id",
+             "importance": "importance, created, id"}
+METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+DATABASE, INDEX, INDEX_INFO, LOCK = "memory.sqlite", "index.faiss", "index.json", "writer.lock"
+READ_RETRIES, RETRY_WAIT = 20, 0.005
+"""A reader waits up to this many times this many seconds for the writer to publish an index."""
+SQL_CHUNK = 900
+SCHEMA = (
+    "CREATE TABLE settings (key TEXT PRIMARY KEY, value)",
+    "CREATE TABLE records (id INTEGER PRIMARY KEY, item TEXT NOT NULL, meta TEXT NOT NULL, "
+    "importance REAL NOT NULL, created INTEGER NOT NULL, last_used INTEGER NOT NULL, "
+    "uses INTEGER NOT NULL, nbytes INTEGER NOT NULL, embedding BLOB NOT NULL)",
+    *(f"CREATE INDEX by_{rule} ON records ({order})" for rule, order in EVICTIONS.items()),
+)
+
+Item = str | Mapping
+Where = Mapping[str, str | int | float] | Callable[[dict], bool]
+
+
+@dataclass(frozen=True)
+class Recalled:
+    """One recalled record: inner product (higher is closer) or squared L2 distance as score."""
+
+    id: int
+    item: str | dict
+    meta: dict
+    score: float
+
+
+def record_nbytes(item: Item, meta: Mapping, dim: int) -> int:
+    """Bytes charged for one record of ``item`` and ``meta`` with a ``dim``-dim embedding."""
+    return len(_json(item, "item").encode()) + len(_json(meta, "meta").encode()) + 4 * dim \
+        + RECORD_OVERHEAD
+
+
+class AgentMemory:
+    """A persistent memory of records, searched by embedding, charged in bytes to a budget."""
+
+    def __init__(self, path: str | os.PathLike, *, budget: Budget | int | str,
+                 dim: int | None = None, embed: Callable[[list[str]], torch.Tensor] | None = None,
+                 eviction: str = "recency", index: str | None = None, metric: str | None = None,
+                 readonly: bool = False, nprobe: int = 16, owner: str = "agent memory"):
+        if eviction not in EVICTIONS:
+            raise ValueError(f"eviction: expected one of {list(EVICTIONS)}, got {eviction!r}")
+        if metric is not None and metric not in METRICS:
+            raise ValueError(f"metric: expected one of {list(METRICS)}, got {metric!r}")
+        if isinstance(nprobe, bool) or not isinstance(nprobe, int) or nprobe < 1:
+            raise ValueError(f"nprobe: expected an int >= 1, got {nprobe!r}")
+        self.path, self.embed, self.eviction, self.readonly = Path(path), embed, eviction, readonly
+        self.budget = budget if isinstance(budget, Budget) else Budget(budget)
+        self.owner, self.nprobe = owner, nprobe
+        self._lock = self._db = self._index = None
+        self._epoch, self._charged = -1, 0
+        try:
+            self._open(dim if dim is not None else getattr(embed, "dim", None), index, metric)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def _open(self, dim: int | None, index: str | None, metric: str | None) -> None:
+        _check_location(self.path, self.readonly)
+        if not (self.path / DATABASE).exists():
+            _check_dim(dim)  # before anything is created
+        if not self.readonly:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock = _writer_lock(self.path / LOCK)
+        self._db = sqlite3.connect(self.path / DATABASE, isolation_level=None, timeout=30)
+        if self.readonly:
+            self._db.execute("PRAGMA query_only = 1")
+        settings = self._settings(dim, index, metric)
+        self.dim, self.index_string, self.metric = (int(settings["dim"]), settings["index"],
+                                                    settings["metric"])
+        self._spec = parse_index(self.index_string, self.dim)
+        if not self.readonly:
+            self._open_writer()
+
+    def _settings(self, dim: int | None, index: str | None, metric: str | None) -> dict:
+        try:
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+            settings = dict(self._db.execute("SELECT key, value FROM settings")) \
+                if "settings" in tables else {}
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"{self.path / DATABASE}: not a memkit agent memory ({exc})") from None
+        if tables and settings.get("format") != FORMAT:
+            raise ValueError(f"{self.path / DATABASE}: an SQLite database that is not a memkit "
+                             f"agent memory (tables {sorted(tables)})")
+        if not tables:
+            if self.readonly:
+                raise FileNotFoundError(f"{self.path}: no agent memory to read")
+            return self._create(dim, index or "Flat", metric or "ip")
+        for name, given in (("dim", dim), ("index", index), ("metric", metric)):
+            if given is not None and given != settings[name]:
+                raise ValueError(f"{name}: this memory was created with {settings[name]!r}, "
+                                 f"got {given!r}")
+        return settings
+
+    def _create(self, dim: int | None, index: str, metric: str) -> dict:
+        parse_index(index, _check_dim(dim))
+        settings = {"format": FORMAT, "dim": dim, "index": index, "metric": metric, "epoch": 0,
+                    "clock": 0, "next_id": 0}
+        self._db.execute("PRAGMA journal_mode=WAL")
+        with self._transaction():
+            for statement in SCHEMA:
+                self._db.execute(statement)
+            self._db.executemany("INSERT INTO settings VALUES (?, ?)", settings.items())
+        return settings
+
+    def _open_writer(self) -> None:
+        self._db.execute("PRAGMA synchronous=FULL")
+        used = self.nbytes
+        if used > self.budget.free:  # reopened under a smaller budget: evict to fit
+            with self._transaction():
+                _, used = self._evict_until(0, self.budget.free, used)
+                self._bump_epoch()
+        self._charge(used)
+        self._epoch = self._setting("epoch")
+        self._index = self._published_index(self._epoch)
+        if self._index is None:
+            self._index = self._build_index()
+            self._publish_index()
+
+    # -- public API ----------------------------------------------------------------------------
+
+    def remember(self, item: Item, embedding: torch.Tensor | np.ndarray | None = None,
+                 meta: Mapping[str, str | int | float] | None = None,
+                 importance: float = 1.0) -> int:
+        """Store ``item`` (embedded by ``embed`` unless ``embedding`` is given); return its id."""
+        embeddings = None if embedding is None else _as_matrix(embedding, self.dim, "remember")
+        return self.remember_many([item], embeddings, None if meta is None else [meta],
+                                  [importance])[0]
+
+    def remember_many(self, items: Sequence[Item],
+                      embeddings: torch.Tensor | np.ndarray | None = None,
+                      meta: Sequence[Mapping] | None = None,
+                      importance: Sequence[float] | None = None) -> list[int]:
+        """Store ``items`` in one transaction, evicting as needed; return their ids.
+
+        Items may evict items remembered earlier in the same call, as if remembered
+        one at a time. Raise ``BudgetExceeded`` (before anything changes) if one item
+        is larger than all the room this memory could make.
+        """
+        self._check_writer("remember")
+        items = list(items)
+        metas = [{}] * len(items) if meta is None else [_check_meta(m) for m in meta]
+        weights = [1.0] * len(items) if importance is None else list(importance)
+        if not len(items) == len(metas) == len(weights):
+            raise ValueError(f"remember_many: expected as many meta and importance entries as "
+                             f"items ({len(items)}), got {len(metas)} and {len(weights)}")
+        if not items:
+            return []
+        vectors = self._embeddings(items, embeddings)
+        rows = [self._row(i, m, w) for i, m, w in zip(items, metas, weights, strict=True)]
+        room = self.budget.free + self._charged
+        for row in rows:
+            if row[-1] > room:
+                raise BudgetExceeded(self.owner, row[-1], room, self.budget.capacity)
+        with self._transaction():
+            ids, evicted, used = self._insert(rows, vectors, room)
+            self._bump_epoch()
+        added = [i for i in ids if i not in evicted]
+        self._apply(used, added, vectors[[i - ids[0] for i in added]], evicted)
+        return ids
+
+    def recall(self, query: str | torch.Tensor | np.ndarray, k: int,
+               where: Where | None = None) -> list[Recalled]:
+        """The ``k`` records closest to ``query`` (among those ``where`` admits), best first.
+
+        ``where`` is a dict (meta equality on every key) or a predicate on a record's
+        meta; filtered recalls are exact and return ``min(k, matching)`` records.
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+            raise ValueError(f"recall: expected k as an int >= 1, got {k!r}")
+        if where is not None and not (isinstance(where, Mapping) or callable(where)):
+            raise TypeError(f"recall: expected where as a dict or a predicate on meta, "
+                            f"got {type(where).__name__}")
+        q = self._query(query)
+        with self._snapshot():
+            ids, scores = self._search(q, k) if where is None else self._search_where(q, k, where)
+            found = self._fetch(ids)
+        if not self.readonly and ids:
+            self._touch(ids)
+        return [Recalled(i, *found[i], float(s)) for i, s in zip(ids, scores, strict=True)]
+
+    def forget(self, ids: Sequence[int] | Callable[[dict], bool]) -> int:
+        """Forget the records ``ids``, or those whose meta satisfies a predicate; return how many.
+
+        Unknown ids raise ``KeyError`` naming them, before anything is forgotten.
+        """
+        self._check_writer("forget")
+        if callable(ids):
+            chosen = [i for i, m in self._db.execute("SELECT id, meta FROM records")
+                      if ids(json.loads(m))]
+        else:
+            chosen = sorted({_check_id(i) for i in ids})
+            missing = sorted(set(chosen) - set(self._existing(chosen)))
+            if missing:
+                raise KeyError(f"forget: unknown ids {missing}")
+        if not chosen:
+            return 0
+        with self._transaction():
+            for part in _chunks(chosen):
+                self._db.execute(f"DELETE FROM records WHERE id IN ({_marks(part)})", part)
+            self._bump_epoch()
+        self._apply(self.nbytes, [], None, set(chosen))
+        return len(chosen)
+
+    def ids(self) -> list[int]:
+        """Ids of the records held, ascending."""
+        return [r[0] for r in self._db.execute("SELECT id FROM records ORDER BY id")]
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the records held (see the module docstring), as charged to the budget."""
+        return self._db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM records").fetchone()[0]
+
+    def close(self) -> None:
+        """Close the database, release the writer lock and the budget charge."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+        self._charge(0)
+
+    def __enter__(self) -> AgentMemory:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- writing -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _row(self, item: Item, meta: dict, importance: float) -> tuple:
+        if not isinstance(item, (str, Mapping)):
+            raise TypeError(f"remember: expected an item as a str or a dict, "
+                            f"got {type(item).__name__}")
+        if isinstance(importance, bool) or not isinstance(importance, (int, float)) \
+                or not math.isfinite(importance):
+            raise ValueError(f"remember: expected a finite importance, got {importance!r}")
+        return (_json(item, "item"), _json(meta, "meta"), float(importance),
+                record_nbytes(item, meta, self.dim))
+
+    def _insert(self, rows: list[tuple], vectors: np.ndarray, room: int
+                ) -> tuple[list[int], set[int], int]:
+        clock, next_id, used = self._setting("clock"), self._setting("next_id"), self._charged
+        ids, evicted = [], set()
+        for (item, meta, importance, nbytes), vector in zip(rows, vectors, strict=True):
+            gone, used = self._evict_until(nbytes, room, used)
+            evicted |= gone
+            clock += 1
+            self._db.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                             (next_id, item, meta, importance, clock, clock, nbytes,
+                              vector.tobytes()))
+            ids.append(next_id)
+            next_id, used = next_id + 1, used + nbytes
+        self._set(clock=clock, next_id=next_id)
+        return ids, evicted, used
+
+    def _evict_until(self, need: int, room: int, used: int) -> tuple[set[int], int]:
+        """Delete records by the rule until ``need`` more bytes fit in ``room``; ``used`` held."""
+        gone = set()
+        order = EVICTIONS[self.eviction]
+        while used + need > room:
+            victim, nbytes = self._db.execute(
+                f"SELECT id, nbytes FROM records ORDER BY {order} LIMIT 1").fetchone()
+            self._db.execute("DELETE FROM records WHERE id = ?", (victim,))
+            gone.add(victim)
+            used -= nbytes
+        return gone, used
+
+    def _bump_epoch(self) -> None:
+        """Advance the epoch: the last statement of every write transaction."""
+        self._set(epoch=self._setting("epoch") + 1)
+
+    def _apply(self, used: int, added: list[int], vectors: np.ndarray | None,
+               removed: set[int]) -> None:
+        """After a commit: charge ``used`` bytes, update the index in memory, publish it."""
+        self._charge(used)
+        self._epoch = self._setting("epoch")
+        if removed and self._spec.kind == "HNSW":  # faiss's HNSW cannot remove vectors
+            self._index = self._build_index()
+        else:
+            if removed:
+                self._index.remove_ids(np.fromiter(removed, dtype=np.int64))
+            if added:
+                self._index.add_with_ids(vectors, np.asarray(added, dtype=np.int64))
+        if self._index.ntotal >= self._spec.min_train and not self._built_as_specified():
+            self._index = self._build_index()  # an IVF index can be trained now
+        self._publish_index()
+
+    def _charge(self, nbytes: int) -> None:
+        """Set this memory's charge in the budget to ``nbytes``."""
+        self.budget.adjust(self.owner, nbytes - self._charged)
+        self._charged = nbytes
+
+    def _touch(self, ids: list[int]) -> None:
+        with self._transaction():
+            clock = self._setting("clock") + 1
+            for part in _chunks(ids):
+                self._db.execute(f"UPDATE records SET last_used = ?, uses = uses + 1 "
+                                 f"WHERE id IN ({_marks(part)})", [clock, *part])
+            self._set(clock=clock)
+
+    # -- the index -----------------------------------------------------------------------------
+
+    def _build_index(self) -> faiss.Index:
+        """An index over every stored embedding (Flat until an IVF index can be trained)."""
+        ids, vectors = self._embeddings_where("", ())
+        ivf = self._spec.kind == "IVF" and len(ids) >= self._spec.min_train
+        index = faiss.index_factory(self.dim, self.index_string if ivf else
+                                    "Flat" if self._spec.kind == "IVF" else self.index_string,
+                                    METRICS[self.metric])
+        if not ivf:  # IVF keeps ids itself; an id map over it would not survive removals
+            index = faiss.IndexIDMap2(index)
+        if not index.is_trained:
+            index.train(vectors)
+            faiss.extract_index_ivf(index).nprobe = min(self.nprobe, self._spec.nlist)
+        index.add_with_ids(vectors, ids)
+        return index
+
+    def _built_as_specified(self) -> bool:
+        return self._spec.kind != "IVF" or not isinstance(self._index, faiss.IndexIDMap2)
+
+    def _publish_index(self) -> None:
+        """Replace ``index.faiss`` then ``index.json`` (epoch, size, sha256), each atomically."""
+        data = faiss.serialize_index(self._index)
+        with atomic_path(self.path / INDEX, ".faiss") as tmp:
+            tmp.write_bytes(data.tobytes())
+        info = {"epoch": self._epoch, "ntotal": self._index.ntotal,
+                "sha256": hashlib.sha256(data).hexdigest()}
+        write_text_atomic(self.path / INDEX_INFO, json.dumps(info))
+
+    def _published_index(self, epoch: int) -> faiss.Index | None:
+        """The published index if it is of ``epoch``, whole and as large as the database."""
+        try:
+            info = json.loads((self.path / INDEX_INFO).read_text())
+            if info["epoch"] != epoch:
+                return None
+            data = (self.path / INDEX).read_bytes()
+            if hashlib.sha256(data).hexdigest() != info["sha256"]:
+                return None
+            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+            return None  # missing or damaged: the caller rebuilds it from the database
+        return index if index.ntotal == len(self) else None
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """For a reader, a read transaction with an index of its epoch; for the writer, nothing."""
+        if not self.readonly:
+            yield
+            return
+        for attempt in range(READ_RETRIES + 1):
+            self._db.execute("BEGIN")
+            try:
+                if self._catch_up(last=attempt == READ_RETRIES):
+                    break
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("ROLLBACK")
+            time.sleep(RETRY_WAIT)
+        try:
+            yield
+        finally:
+            self._db.execute("COMMIT")
+
+    def _catch_up(self, last: bool) -> bool:
+        """In a read transaction: hold an index of its epoch (the published one, or when
+        ``last``, one built from the snapshot); False while the writer has not published it."""
+        epoch = self._setting("epoch")
+        if epoch == self._epoch:
+            return True
+        index = self._build_index() if last else self._published_index(epoch)
+        if index is None:
+            return False
+        self._charge(self.nbytes)
+        self._index, self._epoch = index, epoch
+        return True
+
+    # -- searching -----------------------------------------------------------------------------
+
+    def _search(self, q: np.ndarray, k: int) -> tuple[list[int], list[float]]:
+        k = min(k, self._index.ntotal)
+        if k == 0:
+            return [], []
+        scores, ids = self._index.search(q, k)
+        keep = ids[0] >= 0
+        return ids[0][keep].tolist(), scores[0][keep].tolist()
+
+    def _search_where(self, q: np.ndarray, k: int, where: Where
+                      ) -> tuple[list[int], list[float]]:
+        if isinstance(where, Mapping):
+            where = _check_meta(where)
+            test = " AND ".join(["EXISTS (SELECT 1 FROM json_each(records.meta) "
+                                 "WHERE key = ? AND value = ?)"] * len(where))
+            ids, vectors = self._embeddings_where(test and f"WHERE {test}",
+                                                  [v for kv in where.items() for v in kv])
+        else:
+            chosen = [i for i, m in self._db.execute("SELECT id, meta FROM records")
+                      if where(json.loads(m))]
+            ids, vectors = self._embeddings_of(chosen)
+        if len(ids) == 0:
+            return [], []
+        scores, rows = topk_search(torch.from_numpy(q), torch.from_numpy(vectors),
+                                   min(k, len(ids)), metric=self.metric)
+        return ids[rows[0].numpy()].tolist(), scores[0].tolist()
+
+    def _embeddings_where(self, clause: str, params) -> tuple[np.ndarray, np.ndarray]:
+        rows = self._db.execute(f"SELECT id, embedding FROM records {clause} ORDER BY id",
+                                params).fetchall()
+        return self._unpack(rows)
+
+    def _embeddings_of(self, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        rows = []
+        for part in _chunks(ids):
+            rows += self._db.execute(f"SELECT id, embedding FROM records "
+                                     f"WHERE id IN ({_marks(part)}) ORDER BY id", part).fetchall()
+        return self._unpack(rows)
+
+    def _unpack(self, rows: list) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
+        return ids, vectors.reshape(len(rows), self.dim).copy()
+
+    def _fetch(self, ids: list[int]) -> dict[int, tuple]:
+        found = {}
+        for part in _chunks(ids):
+            for i, item, meta in self._db.execute(
+                    f"SELECT id, item, meta FROM records WHERE id IN ({_marks(part)})", part):
+                found[i] = (json.loads(item), json.loads(meta))
+        missing = sorted(set(ids) - set(found))
+        if missing:
+            raise RuntimeError(f"{self.path}: the index returned ids {missing} that the "
+                               f"database does not hold")
+        return found
+
+    def _existing(self, ids: list[int]) -> list[int]:
+        return [r[0] for part in _chunks(ids) for r in self._db.execute(
+            f"SELECT id FROM records WHERE id IN ({_marks(part)})", part)]
+
+    # -- validation and small helpers ----------------------------------------------------------
+
+    def _embeddings(self, items: list, embeddings) -> np.ndarray:
+        if embeddings is not None:
+            vectors = _as_matrix(embeddings, self.dim, "remember")
+        else:
+            if self.embed is None:
+                raise ValueError("remember: pass embedding= or create the memory with embed=")
+            vectors = _as_matrix(self.embed([_text(i) for i in items]), self.dim, "embed")
+        if len(vectors) != len(items):
+            raise ValueError(f"remember: expected {len(items)} embeddings, got {len(vectors)}")
+        return vectors
+
+    def _query(self, query) -> np.ndarray:
+        if isinstance(query, str):
+            if self.embed is None:
+                raise ValueError("recall: a text query needs a memory created with embed=")
+            return _as_matrix(self.embed([query]), self.dim, "embed")
+        vectors = _as_matrix(query, self.dim, "recall")
+        if len(vectors) != 1:
+            raise ValueError(f"recall: expected one query of shape ({self.dim},), "
+                             f"got {len(vectors)}")
+        return vectors
+
+    def _check_writer(self, verb: str) -> None:
+        if self.readonly:
+            raise RuntimeError(f"{verb}: this AgentMemory was opened with readonly=True")
+
+    def _setting(self, key: str):
+        return self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()[0]
+
+    def _set(self, **values) -> None:
+        self._db.executemany("UPDATE settings SET value = ? WHERE key = ?",
+                             [(v, k) for k, v in values.items()])
+
+
+def _check_location(path: Path, readonly: bool) -> None:
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path}: expected a directory for an agent memory, found a file")
+    if readonly and not (path / DATABASE).exists():
+        raise FileNotFoundError(f"{path}: no agent memory to read ({DATABASE} missing)")
+    if path.is_dir() and not (path / DATABASE).exists():
+        others = sorted(p.name for p in path.iterdir() if p.name != LOCK)
+        if others:
+            raise ValueError(f"{path}: holds other files ({others[:5]}), not an agent memory")
+
+
+def _check_dim(dim) -> int:
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim: expected a positive int (pass dim= or an embed with a .dim "
+                         f"attribute), got {dim!r}")
+    return dim
+
+
+def _writer_lock(path: Path):
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the memory's lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RuntimeError(f"{path.parent}: another AgentMemory holds the writer lock; "
+                           f"open this one with readonly=True") from None
+    return handle
+
+
+def _as_matrix(x, dim: int, where: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().float().numpy()
+    if not isinstance(x, np.ndarray) or x.ndim not in (1, 2) or x.shape[-1] != dim \
+            or not np.issubdtype(x.dtype, np.floating):
+        got = f"shape {tuple(x.shape)} {x.dtype}" if isinstance(x, np.ndarray) else \
+            type(x).__name__
+        raise ValueError(f"{where}: expected float embeddings of dimension {dim} "
+                         f"(shape ({dim},) or (n, {dim})), got {got}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{where}: embeddings hold NaN or inf")
+    return np.ascontiguousarray(x.reshape(-1, dim), dtype=np.float32)
+
+
+def _check_meta(meta) -> dict:
+    if not isinstance(meta, Mapping):
+        raise TypeError(f"meta: expected a dict of str -> str/int/float, "
+                        f"got {type(meta).__name__}")
+    for key, value in meta.items():
+        if not isinstance(key, str) or isinstance(value, bool) \
+                or not isinstance(value, (str, int, float)) \
+                or (isinstance(value, float) and not math.isfinite(value)):
+            raise ValueError(f"meta: expected str keys and str/int/finite float values, "
+                             f"got {key!r}: {value!r}")
+    return dict(meta)
+
+
+def _check_id(i) -> int:
+    if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+        raise TypeError(f"forget: expected int ids or a predicate, got {i!r}")
+    return int(i)
+
+
+def _text(item: Item) -> str:
+    text = item if isinstance(item, str) else item.get("text") if isinstance(item, Mapping) \
+        else None
+    if not isinstance(text, str):
+        raise ValueError(f"remember: embedding an item needs a str or a dict with a str 'text', "
+                         f"got {item!r}")
+    return text
+
+
+def _json(value, name: str) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"),
+                          allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: expected JSON-serialisable data, got {value!r} ({exc})") \
+            from None
+
+
+def _chunks(ids: list[int]) -> Iterator[list[int]]:
+    for start in range(0, len(ids), SQL_CHUNK):
+        yield [int(i) for i in ids[start:start + SQL_CHUNK]]
+
+
+def _marks(part: list) -> str:
+    return ", ".join("?" * len(part))
