@@ -10,6 +10,9 @@ videos with recurring appearance regimes; ``read_davis`` / ``write_davis`` read
 and write the DAVIS folder layout. Text for memory-augmented LMs:
 ``long_range_corpus`` generates documents whose facts are used again beyond a
 context window, with ``corpus_tokenizer``, a word-level tokenizer over its vocabulary.
+Continual knowledge: ``knowledge_stream`` generates facts that change over steps with
+questions "as of step t"; ``read_squad`` / ``read_streamingqa`` / ``read_archivalqa`` read
+the real files into the same steps.
 """
 
 from memkit.data.blobs import blobs
@@ -23,6 +26,15 @@ from memkit.data.cifar import (
 )
 from memkit.data.davis import davis_palette, read_davis, write_davis
 from memkit.data.digits import split_digits
+from memkit.data.knowledge import (
+    KnowledgeDocument,
+    KnowledgeStep,
+    KnowledgeSteps,
+    KnowledgeStream,
+    Question,
+    knowledge_stream,
+    knowledge_tokenizer,
+)
 from memkit.data.long_range_text import (
     Document,
     Fact,
@@ -34,15 +46,23 @@ from memkit.data.long_video import long_suite, long_video, short_suite, short_vi
 from memkit.data.mnist1d import make_mnist1d, split_mnist1d
 from memkit.data.mnist5k import split_mnist5k
 from memkit.data.mnist_idx import load_mnist, read_idx, split_mnist
+from memkit.data.qa_formats import read_archivalqa, read_squad, read_streamingqa
 
 __all__ = [
     "Document",
     "Fact",
+    "KnowledgeDocument",
+    "KnowledgeStep",
+    "KnowledgeSteps",
+    "KnowledgeStream",
     "NumpyOnlyUnpickler",
+    "Question",
     "Use",
     "blobs",
     "corpus_tokenizer",
     "davis_palette",
+    "knowledge_stream",
+    "knowledge_tokenizer",
     "load_cifar10",
     "load_cifar100",
     "load_mnist",
@@ -51,8 +71,11 @@ __all__ = [
     "long_suite",
     "long_video",
     "make_mnist1d",
+    "read_archivalqa",
     "read_davis",
     "read_idx",
+    "read_squad",
+    "read_streamingqa",
     "short_suite",
     "short_video",
     "split_cifar10",
