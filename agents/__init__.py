@@ -19,6 +19,15 @@ from memkit.agents.lwf import LwF
 from memkit.agents.memo import MEMO
 from memkit.agents.memory_api import AgentMemory, Recalled
 from memkit.agents.mlp_memory import MLPMemoryLM, train_mlp_memory
+from memkit.agents.qa import (
+    ClosedBook,
+    CompressedMemory,
+    OnlineFinetune,
+    OracleDocument,
+    RetrieveDocuments,
+    greedy_answer,
+    qa_prompt,
+)
 from memkit.agents.sirius import (
     BCPolicy,
     SiriusLearner,
@@ -43,6 +52,8 @@ __all__ = [
     "BCPolicy",
     "BlockMLP",
     "CausalLM",
+    "ClosedBook",
+    "CompressedMemory",
     "DERpp",
     "DynamicallyExpandableRepresentation",
     "ExperienceReplay",
@@ -57,12 +68,16 @@ __all__ = [
     "LwF",
     "MLPMemoryLM",
     "MiniLM",
+    "OnlineFinetune",
     "OnlineVOSLearner",
+    "OracleDocument",
     "Recalled",
+    "RetrieveDocuments",
     "SideNetwork",
     "SiriusLearner",
     "build_datastore",
     "decoder_layers",
+    "greedy_answer",
     "human_for",
     "iwr_weights",
     "make_env",
@@ -70,6 +85,7 @@ __all__ = [
     "mlp",
     "mlp_blocks",
     "qa_loss",
+    "qa_prompt",
     "self_matching_loss",
     "sirius_weights",
     "split_blocks",

@@ -149,6 +149,18 @@ def train_tiny_lm(out_dir: str | Path = "runs/lm/tiny", *, arch: str = "gpt2", n
     settings = _settings(arch=arch, n_layer=n_layer, d=d, heads=heads, window=window,
                          n_docs=n_docs, n_test_docs=n_test_docs, minutes=minutes, steps=steps,
                          batch=batch, lr=lr, warmup=warmup, seed=seed, corpus=corpus or {})
+    return cached_training("train_tiny_lm", out_dir, settings, _train, threads=threads,
+                           overwrite=overwrite, log=log)
+
+
+def cached_training(name: str, out_dir: str | Path, settings: dict, train, *, threads: int,
+                    overwrite: bool, log: bool) -> Path:
+    """``out_dir`` as it is when trained with ``settings``; else ``train(settings, log)`` there.
+
+    ``train`` returns (info, model, tokenizer); they are written atomically (a
+    temporary folder renamed into place) with ``INFO`` holding ``info``. A folder
+    trained with other settings raises, naming them, unless ``overwrite``.
+    """
     _positive_int("threads", threads)
     out_dir = Path(out_dir)
     if (out_dir / INFO).exists():
@@ -159,12 +171,12 @@ def train_tiny_lm(out_dir: str | Path = "runs/lm/tiny", *, arch: str = "gpt2", n
             changed = sorted(k for k in settings.keys() | old.keys()
                              if settings.get(k) != old.get(k))
             diff = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in changed)
-            raise ValueError(f"train_tiny_lm: {out_dir} holds a model trained with other "
+            raise ValueError(f"{name}: {out_dir} holds a model trained with other "
                              f"settings ({diff}); pass overwrite=True to retrain it")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        info, model, tokenizer = _train(settings, log)
+        info, model, tokenizer = train(settings, log)
     finally:
         torch.set_num_threads(previous)
     with atomic_path(out_dir) as tmp:

@@ -31,7 +31,8 @@ from memkit.sweep_report import (
 )
 
 CONFIG_COPY = "config.yaml"
-BENCH_ALIASES = {"vos": "vos_long_video", "runners": "sweep_runners"}
+BENCH_ALIASES = {"vos": "vos_long_video", "runners": "sweep_runners",
+                 "knowledge": "knowledge_stream"}
 """Short names for ``memkit bench``: ``memkit bench vos`` runs benchmarks/vos_long_video.py."""
 
 
