@@ -6,6 +6,7 @@ from memkit.agents.cmt import CMT, memory_aware_loss, qa_loss, self_matching_los
 from memkit.agents.der_expandable import DynamicallyExpandableRepresentation
 from memkit.agents.derpp import DERpp
 from memkit.agents.embedders import HashingEmbedder, MiniLM
+from memkit.agents.episodic_control import EpisodicControl, discounted_returns, run_episodes
 from memkit.agents.er import ExperienceReplay
 from memkit.agents.ewc import EWC
 from memkit.agents.finetune import Finetune
@@ -56,6 +57,7 @@ __all__ = [
     "CompressedMemory",
     "DERpp",
     "DynamicallyExpandableRepresentation",
+    "EpisodicControl",
     "ExperienceReplay",
     "Finetune",
     "FrameEncoder",
@@ -77,6 +79,7 @@ __all__ = [
     "SiriusLearner",
     "build_datastore",
     "decoder_layers",
+    "discounted_returns",
     "greedy_answer",
     "human_for",
     "iwr_weights",
@@ -86,6 +89,7 @@ __all__ = [
     "mlp_blocks",
     "qa_loss",
     "qa_prompt",
+    "run_episodes",
     "self_matching_loss",
     "sirius_weights",
     "split_blocks",

@@ -4,7 +4,7 @@ CMT (Li, Sun, Hu, Hu & Zhang, "CMT: A Memory Compression Method for Continual
 Knowledge Learning of Large Language Models", AAAI 2025) builds on MAC (Tack
 et al., "Online Adaptation of Language Models with a Memory of Amortized
 Contexts", NeurIPS 2024). The LM never changes. A **compressor** reads each new
-document (the frozen LM's last hidden states) and emits ``T`` memory vectors in
+document (the frozen LM's hidden states at one layer) and emits ``T`` memory vectors in
 the LM's embedding space, stored in a ``CMTBank``. An **aggregator** reads a
 question (the LM's states again), turns ``P`` learned queries into conditioning
 vectors by attending to it, then lets them attend to the memories through
@@ -21,8 +21,13 @@ bank; CMT adds three parts:
 - **top-aggregation**: only the ``k`` best-matching entries are aggregated
   (``prefix(question, k)``; ``k=None`` is MAC's aggregation over the whole bank).
 
-Choices made here: the compressor is ``T`` learned queries cross-attending over
-the document's states (``blocks`` pre-norm blocks) rather than MAC's
+Choices made here: compressor and aggregator read the frozen LM's hidden
+states at ``layer``, by default 0 (the input embeddings with positions), where
+each position still holds its own token; a later layer's state at a token is
+mostly a prediction of the next one (reading the last layer, a 3-layer reader's
+answer loss stayed at chance; reading layer 0 it fell, see
+``benchmarks/knowledge_stream.py``). The compressor is ``T`` learned queries
+cross-attending over the document's states (``blocks`` pre-norm blocks) rather than MAC's
 per-position MLPs over the last ``T`` states, so a document of any length is
 read whole; keys are projections of the masked mean of the LM states (of the
 document, of the question), so matching does not compete with what the memory
@@ -162,8 +167,9 @@ class CMT:
                  heads: int | None = None, mlp_ratio: int = 2,
                  bank_nbytes: int | str | None = None,
                  dtype: torch.dtype | str = torch.float16, eviction: str = "fifo",
-                 temperature: float = 0.1, seed: int = 0):
+                 temperature: float = 0.1, layer: int = 0, seed: int = 0):
         self.lm = CausalLM(model, tokenizer)
+        self.layer = _check_layer(layer, model.config.num_hidden_layers)
         if not isinstance(temperature, int | float) or not temperature > 0:
             raise ValueError(f"temperature: expected a number > 0, got {temperature!r}")
         self.temperature = float(temperature)
@@ -172,7 +178,7 @@ class CMT:
         self._config = {"lm_dim": self.lm.dim, "tokens": tokens, "key_dim": key_dim,
                         "prefix_tokens": prefix_tokens, "compressor_blocks": compressor_blocks,
                         "aggregator_blocks": aggregator_blocks, "heads": heads,
-                        "mlp_ratio": mlp_ratio}
+                        "mlp_ratio": mlp_ratio, "layer": layer}
         self.compressor = Compressor(self.lm.dim, tokens, key_dim, blocks=compressor_blocks,
                                      heads=heads, mlp_ratio=mlp_ratio, seed=seed)
         self.aggregator = Aggregator(self.lm.dim, prefix_tokens, key_dim,
@@ -217,10 +223,10 @@ class CMT:
 
     @torch.no_grad()
     def states(self, sequences: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The frozen LM's last hidden states (B, L, d) float32, right-padded; the mask (B, L)."""
+        """The frozen LM's states at ``layer`` (B, L, d) float32, right-padded; the mask (B, L)."""
         ids, mask = _pad(sequences, 0)
         out = self.model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True)
-        return out.hidden_states[-1].float() * mask[..., None], mask
+        return out.hidden_states[self.layer].float() * mask[..., None], mask
 
     def compress(self, documents: Tokens) -> tuple[torch.Tensor, torch.Tensor]:
         """Memories (B, T, d) and unit keys (B, d_key) of documents (differentiable)."""
@@ -382,15 +388,18 @@ def self_matching_loss(query_keys: torch.Tensor, entry_keys: torch.Tensor,
 
 def train_cmt(agent: CMT, examples: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
               *, steps: int, objectives: Sequence[str] = OBJECTIVES, k: int | None = None,
-              lr: float = 1e-3, seed: int = 0, batch_size: int | None = None
-              ) -> dict[str, list[float]]:
+              lr: float = 1e-3, seed: int = 0, batch_size: int | None = None,
+              own_steps: int = 0) -> dict[str, list[float]]:
     """Train the compressor and aggregator on (document, question, answer) id triples.
 
     Each step takes ``batch_size`` examples (all when None; otherwise a draw seeded
     by ``seed`` and the step); the batch's documents are compressed and form the
     memory its questions are answered from: all of them (k None) or each question's
-    top ``k`` by key. The loss is the sum of the chosen objectives. Returns each
-    objective's and the total's value per step.
+    top ``k`` by key. For the first ``own_steps`` steps the answer objective reads
+    each question's own entry alone instead (a curriculum: through a frozen LM the
+    answer's gradient is too weak to learn reading and choosing at once). The loss
+    is the sum of the chosen objectives. Returns each objective's and the total's
+    value per step.
     """
     objectives = tuple(objectives)
     if not objectives or not set(objectives) <= set(OBJECTIVES):
@@ -403,13 +412,15 @@ def train_cmt(agent: CMT, examples: Sequence[tuple[torch.Tensor, torch.Tensor, t
                          f"matching), got {batch_size}")
     if k is not None and not (isinstance(k, int) and 1 <= k <= batch_size):
         raise ValueError(f"k: expected None or an int in [1, {batch_size}], got {k!r}")
+    if isinstance(own_steps, bool) or not isinstance(own_steps, int) or own_steps < 0:
+        raise ValueError(f"own_steps: expected an int >= 0, got {own_steps!r}")
     triples = [tuple(_one(agent, t) for t in example) for example in examples]
     optimizer = torch.optim.Adam(agent.parameters(), lr=lr)
     history: dict[str, list[float]] = {name: [] for name in (*objectives, "total")}
     for step in range(steps):
         chosen = torch.randperm(len(triples), generator=derive_generator(seed, "cmt.train", step))
         batch = [triples[i] for i in chosen[:batch_size].sort().values]
-        losses = _step_losses(agent, batch, objectives, k)
+        losses = _step_losses(agent, batch, objectives, k, own=step < own_steps)
         total = sum(losses.values())
         optimizer.zero_grad()
         total.backward()
@@ -420,14 +431,16 @@ def train_cmt(agent: CMT, examples: Sequence[tuple[torch.Tensor, torch.Tensor, t
 
 
 def _step_losses(agent: CMT, batch: list[tuple[torch.Tensor, ...]], objectives: tuple[str, ...],
-                 k: int | None) -> dict[str, torch.Tensor]:
+                 k: int | None, own: bool) -> dict[str, torch.Tensor]:
     documents, questions, answers = (list(part) for part in zip(*batch, strict=True))
     memories, entry_keys = agent.compressor(*agent.states(documents))
     q_states, q_mask = agent.states(questions)
     query_keys = agent.aggregator.query_key(q_states, q_mask)
     losses = {}
     if "qa" in objectives:
-        if k is None:
+        if own:
+            chosen = torch.arange(len(batch))[:, None]
+        elif k is None:
             chosen = torch.arange(len(batch)).expand(len(batch), -1)
         else:
             chosen = (query_keys @ entry_keys.T).detach().topk(k, dim=1).indices
@@ -482,6 +495,15 @@ def _check_states(where: str, states, mask, dim: int) -> None:
             or mask.shape != states.shape[:2]:
         raise ValueError(f"{where}: expected a bool mask of shape {tuple(states.shape[:2])}, "
                          f"got {_describe(mask)}")
+
+
+def _check_layer(layer, n_layers: int) -> int:
+    if isinstance(layer, bool) or not isinstance(layer, int) \
+            or not -n_layers - 1 <= layer <= n_layers:
+        raise ValueError(f"layer: expected an int in [{-n_layers - 1}, {n_layers}] (the LM's "
+                         f"{n_layers + 1} hidden states; 0 is the input embeddings), "
+                         f"got {layer!r}")
+    return layer
 
 
 def _positive(name: str, value) -> int:

@@ -317,6 +317,30 @@ def test_training_lowers_the_loss_raises_matching_and_leaves_the_lm_untouched():
     assert all(p.grad is not None for p in agent.parameters())
 
 
+def test_own_steps_answer_from_the_question_s_own_entry_then_from_the_top_k():
+    examples = toy_examples()
+    documents, questions, answers = (list(part) for part in zip(*examples, strict=True))
+
+    def hand_loss(agent, own):
+        memories, entry_keys = agent.compressor(*agent.states(documents))
+        q_states, q_mask = agent.states(questions)
+        if own:
+            chosen = torch.arange(4)[:, None]
+        else:
+            chosen = (agent.aggregator.query_key(q_states, q_mask) @ entry_keys.T).topk(2).indices
+        prefix = agent.aggregator(q_states, q_mask, memories[chosen],
+                                  torch.ones(chosen.shape, dtype=torch.bool))
+        return float(qa_loss(agent.model, prefix, questions, answers).detach())
+
+    for own_steps, own in ((1, True), (0, False)):
+        trained = train_cmt(agent_for(gpt2()), examples, steps=1, objectives=("qa",), k=2,
+                            lr=1e-2, own_steps=own_steps)["qa"][0]
+        assert trained == pytest.approx(hand_loss(agent_for(gpt2()), own), rel=1e-5)
+    assert hand_loss(agent_for(gpt2()), True) != pytest.approx(hand_loss(agent_for(gpt2()), False))
+    with pytest.raises(ValueError, match="own_steps: expected an int >= 0, got -1"):
+        train_cmt(agent_for(gpt2()), examples, steps=1, own_steps=-1)
+
+
 def test_training_is_deterministic_for_a_seed():
     examples = toy_examples()
     runs = [train_cmt(agent_for(gpt2()), examples, steps=3, lr=1e-2, seed=5, batch_size=3)
@@ -361,6 +385,24 @@ def test_save_load_round_trips_the_trained_modules(tmp_path):
         agent_for(model, tokens=3).load(tmp_path / "cmt.safetensors")
 
 
+@pytest.mark.parametrize("layer", [0, 1, -1])
+def test_modules_read_the_lm_states_at_the_chosen_layer(layer):
+    model = gpt2()
+    agent = agent_for(model, layer=layer)
+    sequences = [ids(1, 2, 3), ids(4, 5)]
+    states, mask = agent.states(sequences)
+    assert mask.tolist() == [[True] * 3, [True, True, False]]
+    with torch.no_grad():
+        for row, sequence in enumerate(sequences):
+            hidden = model(sequence[None], output_hidden_states=True).hidden_states[layer][0]
+            torch.testing.assert_close(states[row, :len(sequence)], hidden)
+        if layer == 0:  # token and position embeddings: each position holds its own token
+            positions = torch.arange(3)
+            embedded = model.transformer.wte(sequences[0]) + model.transformer.wpe(positions)
+            torch.testing.assert_close(states[0], embedded)
+    assert float(states[1, 2].abs().sum()) == 0.0
+
+
 def test_agent_errors_are_clear():
     agent = agent_for(gpt2())
     aggregator = Aggregator(D, P, 16)
@@ -387,3 +429,5 @@ def test_agent_errors_are_clear():
         agent_for(gpt2(), heads=5)
     with pytest.raises(ValueError, match="dtype"):
         agent_for(gpt2(), dtype="int8")
+    with pytest.raises(ValueError, match=r"layer: expected an int in \[-3, 2\].*got 3"):
+        agent_for(gpt2(), layer=3)

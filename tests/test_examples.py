@@ -1,4 +1,5 @@
 import runpy
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,13 @@ RUN_CONFIGS = sorted(p for p in EXAMPLES.glob("*.yaml") if p.name != "sweep.yaml
 def test_example_configs_build(config):
     setup = build(yaml.safe_load(config.read_text()))
     assert setup.budget.used <= setup.budget.capacity and len(setup.stream) == 5
+
+
+def test_episodic_control_continues_from_its_memory(tmp_path, monkeypatch, capsys):
+    argv = ["episodic_control.py", "--root", str(tmp_path / "mfec"), "--episodes", "3"]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(EXAMPLES / "episodic_control.py"), run_name="__main__")
+    assert "run 1: started with 0 records" in capsys.readouterr().out
+    runpy.run_path(str(EXAMPLES / "episodic_control.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert int(out.split("run 2: started with ")[1].split(" records")[0]) > 0

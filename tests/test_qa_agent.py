@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,21 @@ def test_training_context_holds_the_evidence_in_time_order(stream):
         assert all(texts[i].time <= q.time for i in ids)
     with pytest.raises(ValueError, match="eval_seeds"):
         train.train_qa_lm(ROOT / "runs" / "never", eval_seeds=(1000,))
+
+
+def test_second_stage_continues_from_the_first_and_scores_reading_in_context(tmp_path):
+    train = load_script(ROOT / "benchmarks" / "train_qa_lm.py")
+    tiny = {"n_layer": 1, "d": 16, "heads": 2, "train_seeds": 2, "steps": 2, "batch": 2,
+            "warmup": 1, "eval_seeds": (0,)}
+    first = train.train_qa_lm(tmp_path / "first", **tiny)
+    second = train.train_qa_lm(tmp_path / "second", init=first, max_others=2, **tiny)
+    info = json.loads((second / "train_info.json").read_text())
+    assert info["settings"]["init"] == {
+        "dir": str(first),
+        "settings": json.loads((first / "train_info.json").read_text())["settings"]}
+    assert set(info["held_out"]) == {"oracle_em", "closed_book_em", "context_em", "questions"}
+    before, after = (train.load_qa_lm(d)[0].state_dict() for d in (first, second))
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # trained further
+    with pytest.raises(ValueError, match="init: expected a directory written by train_qa_lm"):
+        train.train_qa_lm(tmp_path / "third", init=tmp_path / "nothing", **tiny)
