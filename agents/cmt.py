@@ -19,7 +19,9 @@ bank; CMT adds three parts:
   document as the positive (``self_matching_loss``), and the same inner product
   retrieves from the bank;
 - **top-aggregation**: only the ``k`` best-matching entries are aggregated
-  (``prefix(question, k)``; ``k=None`` is MAC's aggregation over the whole bank).
+  (``prefix(question, k)``; ``k=None`` is MAC's aggregation over the whole bank),
+  each entry's matching score over ``temperature`` added to the attention logits
+  of its vectors (a choice made here: the aggregator leans on the best match).
 
 Choices made here: compressor and aggregator read the frozen LM's hidden
 states at ``layer``, by default 0 (the input embeddings with positions), where
@@ -61,7 +63,8 @@ class CrossAttentionBlock(nn.Module):
     """Pre-norm: x + attention(norm(x) -> norm(context)), then x + MLP(norm(x)).
 
     Context positions whose mask is False are not attended; a row with no valid
-    context gets a zero attention output.
+    context gets a zero attention output. ``bias`` (B, M), if given, is added to the
+    attention logits of each context position (a log-prior over the context).
     """
 
     def __init__(self, dim: int, heads: int, mlp_ratio: int):
@@ -74,14 +77,16 @@ class CrossAttentionBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(),
                                  nn.Linear(mlp_ratio * dim, dim))
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor
-                ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
         batch, n, dim = x.shape
         m, head_dim = context.shape[1], dim // self.heads
         q = self.q(self.norm_x(x)).view(batch, n, self.heads, head_dim).transpose(1, 2)
         k, v = self.kv(self.norm_context(context)).view(batch, m, 2, self.heads, head_dim) \
             .permute(2, 0, 3, 1, 4)
         scores = q @ k.transpose(-1, -2) / math.sqrt(head_dim)
+        if bias is not None:
+            scores = scores + bias[:, None, None, :]
         valid = mask[:, None, None, :]
         scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min)
         weights = torch.softmax(scores, dim=-1) * valid
@@ -115,7 +120,12 @@ class Compressor(nn.Module):
 
 
 class Aggregator(nn.Module):
-    """A question's states and memories (B, M, T, d) with a mask (B, M) -> a prefix (B, P, d)."""
+    """A question's states and memories (B, M, T, d) with a mask (B, M) -> a prefix (B, P, d).
+
+    ``scores`` (B, M), if given, are the entries' matching logits: added to the
+    attention logits of every memory vector of the entry, so the aggregation
+    leans on the entries the question matches best.
+    """
 
     def __init__(self, lm_dim: int, prefix_tokens: int, key_dim: int, *, blocks: int = 2,
                  heads: int = 4, mlp_ratio: int = 2, seed: int = 0):
@@ -139,7 +149,7 @@ class Aggregator(nn.Module):
         return F.normalize(self.key(_masked_mean(states, mask)), dim=-1)
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor, memories: torch.Tensor,
-                memory_mask: torch.Tensor) -> torch.Tensor:
+                memory_mask: torch.Tensor, scores: torch.Tensor | None = None) -> torch.Tensor:
         _check_states("Aggregator", states, mask, self.lm_dim)
         batch = len(states)
         if (not isinstance(memories, torch.Tensor) or memories.dim() != 4
@@ -150,11 +160,16 @@ class Aggregator(nn.Module):
                 or memory_mask.shape != memories.shape[:2]:
             raise ValueError(f"Aggregator: expected a bool memory mask of shape "
                              f"{tuple(memories.shape[:2])}, got {_describe(memory_mask)}")
+        if scores is not None and (not isinstance(scores, torch.Tensor)
+                                   or scores.shape != memory_mask.shape):
+            raise ValueError(f"Aggregator: expected scores of shape {tuple(memory_mask.shape)}, "
+                             f"got {_describe(scores)}")
         condition = self.question(self.queries.expand(batch, -1, -1), states, mask)
         context = memories.flatten(1, 2)
         context_mask = memory_mask.repeat_interleave(memories.shape[2], dim=1)
+        bias = None if scores is None else scores.repeat_interleave(memories.shape[2], dim=1)
         for block in self.blocks:
-            condition = block(condition, context, context_mask)
+            condition = block(condition, context, context_mask, bias)
         return self.out(condition)
 
 
@@ -246,20 +261,24 @@ class CMT:
     # -- answering -------------------------------------------------------------------------------
 
     def retrieve(self, query_keys: torch.Tensor, k: int | None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Memories (B, M, T, d) and mask (B, M): the whole bank (k None) or each query's top k."""
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Memories (B, M, T, d), mask (B, M) and matching logits (B, M) or None.
+
+        ``k`` None: the whole bank, unweighted (MAC). Otherwise each query's top ``k``
+        entries by key and their scores over ``temperature``.
+        """
         if k is None:
             memories = self.bank.entries().memories
             mask = torch.ones((len(query_keys), len(memories)), dtype=torch.bool)
-            return memories.expand(len(query_keys), -1, -1, -1), mask
-        _, slots = self.bank.search(query_keys.detach(), k)
-        return self.bank.gather(slots)
+            return memories.expand(len(query_keys), -1, -1, -1), mask, None
+        scores, slots = self.bank.search(query_keys.detach(), k)
+        return *self.bank.gather(slots), scores / self.temperature
 
     def prefix(self, question_ids: Tokens, k: int | None = None) -> torch.Tensor:
         """The prefix (B, P, d) for questions, over the whole bank (k None) or the top ``k``."""
         states, mask = self.states(self.sequences(question_ids, "prefix"))
-        memories, memory_mask = self.retrieve(self.aggregator.query_key(states, mask), k)
-        return self.aggregator(states, mask, memories, memory_mask)
+        return self.aggregator(states, mask, *self.retrieve(
+            self.aggregator.query_key(states, mask), k))
 
     @torch.no_grad()
     def answer_log_prob(self, question_ids: Tokens, answer_ids: Tokens,
@@ -438,14 +457,16 @@ def _step_losses(agent: CMT, batch: list[tuple[torch.Tensor, ...]], objectives: 
     query_keys = agent.aggregator.query_key(q_states, q_mask)
     losses = {}
     if "qa" in objectives:
+        scores = None
         if own:
             chosen = torch.arange(len(batch))[:, None]
         elif k is None:
             chosen = torch.arange(len(batch)).expand(len(batch), -1)
         else:
-            chosen = (query_keys @ entry_keys.T).detach().topk(k, dim=1).indices
+            scores, chosen = (query_keys @ entry_keys.T / agent.temperature).topk(k, dim=1)
+            chosen = chosen.detach()
         mask = torch.ones(chosen.shape, dtype=torch.bool)
-        prefix = agent.aggregator(q_states, q_mask, memories[chosen], mask)
+        prefix = agent.aggregator(q_states, q_mask, memories[chosen], mask, scores)
         losses["qa"] = qa_loss(agent.model, prefix, questions, answers)
     if "memory" in objectives:
         losses["memory"] = memory_aware_loss(agent, documents, memories)

@@ -283,12 +283,31 @@ def test_top_k_aggregation_equals_aggregation_over_a_bank_of_only_those_entries(
         held = agent.bank.entries()
         small.bank.write(held.doc_ids[slots[0]], held.memories[slots[0]], held.keys[slots[0]], 0)
         assert len(small.bank) == small.bank.capacity == 3
-        whole = small.prefix(question, k=None)
+        scored = small.prefix(question, k=3)  # the same three entries, the same scores
+        unweighted = small.prefix(question, k=None)
         everything = agent.prefix(question, k=None)
-    assert torch.allclose(top, whole, atol=1e-5)
+    assert torch.allclose(top, scored, atol=1e-5)
+    assert not torch.allclose(top, unweighted, atol=1e-3)
     assert not torch.allclose(top, everything, atol=1e-3)
     with pytest.raises(ValueError, match=r"k as an int in \[1, 6\].*got 7"):
         agent.prefix(question, k=7)
+
+
+def test_a_dominant_matching_score_aggregates_that_entry_alone():
+    aggregator = Aggregator(D, P, 16, seed=3)
+    g = torch.Generator().manual_seed(0)
+    states, mask = torch.randn(2, 5, D, generator=g), torch.ones(2, 5, dtype=torch.bool)
+    memories, memory_mask = torch.randn(2, 3, T, D, generator=g), torch.ones(2, 3, dtype=torch.bool)
+    scores = torch.tensor([[0.0, 200.0, 0.0], [200.0, 0.0, 0.0]])
+    with torch.no_grad():
+        weighted = aggregator(states, mask, memories, memory_mask, scores)
+        alone = aggregator(states, mask, memories[torch.arange(2), torch.tensor([1, 0])][:, None],
+                           memory_mask[:, :1])
+        plain = aggregator(states, mask, memories, memory_mask)
+    torch.testing.assert_close(weighted, alone)
+    assert not torch.allclose(weighted, plain, atol=1e-3)
+    with pytest.raises(ValueError, match=r"scores of shape \(2, 3\)"):
+        aggregator(states, mask, memories, memory_mask, scores[:, :2])
 
 
 def self_matching_accuracy(agent, examples):
@@ -324,12 +343,14 @@ def test_own_steps_answer_from_the_question_s_own_entry_then_from_the_top_k():
     def hand_loss(agent, own):
         memories, entry_keys = agent.compressor(*agent.states(documents))
         q_states, q_mask = agent.states(questions)
+        scores = None
         if own:
             chosen = torch.arange(4)[:, None]
         else:
-            chosen = (agent.aggregator.query_key(q_states, q_mask) @ entry_keys.T).topk(2).indices
+            logits = agent.aggregator.query_key(q_states, q_mask) @ entry_keys.T
+            scores, chosen = (logits / agent.temperature).topk(2)
         prefix = agent.aggregator(q_states, q_mask, memories[chosen],
-                                  torch.ones(chosen.shape, dtype=torch.bool))
+                                  torch.ones(chosen.shape, dtype=torch.bool), scores)
         return float(qa_loss(agent.model, prefix, questions, answers).detach())
 
     for own_steps, own in ((1, True), (0, False)):
