@@ -15,11 +15,14 @@ sizes in turn (records are never evicted: the budget is their exact bytes):
   each size bursts of ``calls`` writes at batch sizes 1, 100 and 1000 (records/s;
   a burst adds its records, the next size is then filled up to exactly);
 - recall latency p50/p95 (ms) of the writer (whose recalls also update
-  ``last_used``/``uses`` in a committed transaction) and of a ``readonly``
-  reader (first recall, which loads the published index, reported apart),
-  plain and with a ``where`` dict filter (one meta value held by 10% of records);
+  ``last_used``/``uses`` in a committed transaction, ``synchronous=NORMAL``) and
+  of a ``readonly`` reader (first recall, which loads the published index,
+  reported apart), plain (for HNSW at each search depth ``ef_searches``, set on
+  both memories) and with a ``where`` dict filter (one meta value held by 10% of
+  records; exact on every index, so searched once);
 - the same queries searched directly in the published index, loaded into memory
-  as a reader loads it (for ``where``: a Flat index of the matching vectors),
+  as a reader loads it, at the same efSearch (for ``where``: a Flat index of the
+  matching vectors),
   query by query in turn with the memories' recalls (the order rotating) so that
   the drifting load of other jobs falls on all alike: the ratio is the cost of
   SQLite, the snapshot and the usage bookkeeping (two copies of one 100k Flat
@@ -61,6 +64,7 @@ import torch
 
 from memkit.agents.memory_api import DATABASE, INDEX, AgentMemory, record_nbytes
 from memkit.budget import Budget
+from memkit.buffers.datastore import parse_index
 from memkit.io import write_text_atomic
 from memkit.seeding import derive_generator
 
@@ -73,6 +77,8 @@ WHERE = {"tag": "t3"}
 class Setting:
     sizes: tuple[int, ...] = (1_000, 10_000, 100_000)
     indexes: tuple[str, ...] = ("Flat", "HNSW32")
+    ef_searches: tuple[int, ...] = (16, 64, 128)
+    """HNSW search depths (efSearch) of the plain recalls; faiss's default is 16."""
     queries: int = 200
     where_queries: int = 30
     bursts: tuple[tuple[int, int], ...] = ((1, 20), (100, 5), (1000, 3))
@@ -159,10 +165,13 @@ def exact_ids(vectors: np.ndarray, queries: np.ndarray, ids: np.ndarray) -> np.n
     return ids[index.search(queries, min(K, len(vectors)))[1]]
 
 
-def searches(index: faiss.Index, memories: dict[str, AgentMemory], where: dict | None
-             ) -> dict:
-    """One query's search: in ``index`` directly ("faiss"), and recalled from each memory."""
-    fns = {"faiss": lambda q: index.search(q[None], K)[1][0].tolist()}
+def searches(index: faiss.Index, memories: dict[str, AgentMemory], where: dict | None,
+             ef_search: int | None) -> dict:
+    """One query's search: in ``index`` directly ("faiss", at ``ef_search`` if given, raised
+    to ``K`` as the memories raise it), and recalled from each memory."""
+    params = None if ef_search is None else \
+        faiss.SearchParametersHNSW(efSearch=max(ef_search, K))
+    fns = {"faiss": lambda q: index.search(q[None], K, params=params)[1][0].tolist()}
     for role, memory in memories.items():
         fns[role] = lambda q, m=memory: [h.id for h in m.recall(q, K, where=where)]
     return fns
@@ -172,25 +181,33 @@ def searches(index: faiss.Index, memories: dict[str, AgentMemory], where: dict |
 
 
 def latency_rows(memories: dict[str, AgentMemory], n: int, vectors: np.ndarray,
-                 queries: np.ndarray, where_queries: np.ndarray, folder: Path) -> list[dict]:
-    """Recall latency of writer and reader, plain and filtered, against bare faiss."""
+                 queries: np.ndarray, where_queries: np.ndarray, folder: Path,
+                 depths: tuple[int | None, ...]) -> list[dict]:
+    """Recall latency of writer and reader, plain at each HNSW search depth in ``depths``
+    (None: not HNSW) and filtered, against bare faiss."""
     held = np.arange(n)
     tagged = held[held % TAGS == int(WHERE["tag"][1:])]
-    subset = faiss.IndexFlatIP(DIM)
-    subset.add(vectors[tagged])
-    cases = {None: (queries, exact_ids(vectors[:n], queries, held),
-                    faiss.deserialize_index(np.fromfile(folder / INDEX, dtype=np.uint8))),
-             "where": (where_queries, exact_ids(vectors[tagged], where_queries, tagged), subset)}
+    subset = faiss.IndexIDMap(faiss.IndexFlatIP(DIM))
+    subset.add_with_ids(vectors[tagged], tagged)
+    published = faiss.deserialize_index(np.fromfile(folder / INDEX, dtype=np.uint8))
+    exact = exact_ids(vectors[:n], queries, held)
+    cases = [(None, ef, queries, exact, published) for ef in depths]
+    cases.append(("where", None, where_queries, exact_ids(vectors[tagged], where_queries, tagged),
+                  subset))
     rows = []
-    for case, (qs, exact, index) in cases.items():
-        found, seconds = interleaved(searches(index, memories, case and WHERE), qs)
+    for case, ef, qs, exact, index in cases:
+        for memory in memories.values() if ef is not None else ():
+            memory.ef_search = ef
+        found, seconds = interleaved(searches(index, memories, case and WHERE, ef), qs)
         base = _ms(seconds["faiss"])
         for role in memories:
             latency = _ms(seconds[role])
-            rows.append({"n": n, "role": role, "filter": case, "queries": len(qs), **latency,
+            rows.append({"n": n, "role": role, "filter": case, "ef_search": ef,
+                         "queries": len(qs), **latency,
                          "bare_p50_ms": base["p50_ms"], "bare_p95_ms": base["p95_ms"],
                          "ratio_p50": latency["p50_ms"] / base["p50_ms"],
-                         "recall_at_10": recall_at_k(found[role], exact)})
+                         "recall_at_10": recall_at_k(found[role], exact),
+                         "bare_recall_at_10": recall_at_k(found["faiss"], exact)})
     return rows
 
 
@@ -252,13 +269,14 @@ def run_index(index: str, s: Setting, vectors: np.ndarray, queries: np.ndarray,
     budget = Budget(int(nbytes.sum()))
     memory = AgentMemory(folder, dim=DIM, budget=budget, index=index)
     held, out = 0, {"index": index, "growth": [], "sizes": [], "latency": [], "writes": []}
+    depths = s.ef_searches if parse_index(index, DIM).kind == "HNSW" else (None,)
     for n in s.sizes:
         out["growth"].append(grow(memory, vectors, held, n, s.grow_batch))
         print(f"{index}: {n:,} records, {out['growth'][-1]['seconds']:.1f} s to grow", flush=True)
         with AgentMemory(folder, budget=Budget(budget.capacity), readonly=True) as reader:
             first = timed(lambda q: reader.recall(q, K), queries[:1])[1][0]
             out["latency"] += latency_rows({"writer": memory, "reader": reader}, n, vectors,
-                                           queries, where_queries, folder)
+                                           queries, where_queries, folder, depths)
         size = {"n": n, "records": len(memory), "charged": memory.nbytes,
                 "budget_used": budget.used, "record_nbytes_sum": int(nbytes[:n].sum()),
                 "reader_first_recall_ms": first * 1000}
@@ -321,10 +339,14 @@ def _latency_table(result: dict, case: str | None) -> list[str]:
              "| writer / faiss | reader / faiss | recall@10 |",
              "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for ix in result["indexes"]:
-        for n in [s["n"] for s in ix["sizes"]]:
+        depths = sorted({x["ef_search"] for x in ix["latency"] if x["filter"] == case},
+                        key=lambda ef: ef or 0)
+        for n, ef in [(s["n"], ef) for s in ix["sizes"] for ef in depths]:
             w, r = (next(x for x in ix["latency"] if x["n"] == n and x["role"] == role
-                         and x["filter"] == case) for role in ("writer", "reader"))
-            lines.append(f"| {n:,} | {ix['index']} | {_pair(w)} | {_pair(r)} | "
+                         and x["filter"] == case and x["ef_search"] == ef)
+                    for role in ("writer", "reader"))
+            label = ix["index"] if ef is None else f"{ix['index']}, ef {ef}"
+            lines.append(f"| {n:,} | {label} | {_pair(w)} | {_pair(r)} | "
                          f"{w['bare_p50_ms']:.3f} / {w['bare_p95_ms']:.3f} | "
                          f"{w['ratio_p50']:.1f} | {r['ratio_p50']:.1f} | "
                          f"{w['recall_at_10']:.3f} |")
@@ -376,11 +398,13 @@ def markdown(result: dict) -> str:
                                                            strict=True))
     lines = [f"AgentMemory, dim {m['dim']}, k = {m['k']}, one thread; latency in ms "
              f"({m['setting']['queries']} queries; writer recalls also commit their usage "
-             f"update). faiss: the same published index searched in memory.", "",
+             f"update, synchronous=NORMAL; ef: HNSW's efSearch, set on the memories and on "
+             f"faiss alike). faiss: the same published index searched in memory.", "",
              *_latency_table(result, None), "",
-             f"With where={m['where']} ({m['where_share']:.0%} of records match; exact; "
-             f"{m['setting']['where_queries']} queries). faiss: a Flat index of the matching "
-             f"vectors.", "", *_latency_table(result, "where"), "",
+             f"With where={m['where']} ({m['where_share']:.0%} of records match, selected in "
+             f"SQLite, then scored exactly among the index's flat vectors through a faiss id "
+             f"selector; {m['setting']['where_queries']} queries). faiss: a Flat index of the "
+             f"matching vectors.", "", *_latency_table(result, "where"), "",
              "remember_many throughput (records/s) at each size; growth in batches of "
              f"{m['setting']['grow_batch']:,}; each write republishes the whole index.", "",
              *_writes_table(result), "", "Open time, reader's first recall (loads the "

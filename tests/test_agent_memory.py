@@ -3,6 +3,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import random
 import runpy
 import signal
 import sqlite3
@@ -213,6 +214,150 @@ def test_clear_errors(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+# -- search depth and filtered recall --------------------------------------------------------------
+
+
+def recall_at_10(memory, queries, exact) -> float:
+    return sum(len({h.id for h in memory.recall(q, k=10)} & set(e)) for q, e in
+               zip(queries, exact, strict=True)) / (10 * len(exact))
+
+
+def test_hnsw_recall_rises_with_each_openers_ef_search(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    keys, queries = torch.randn(2000, 16, generator=g), torch.randn(30, 16, generator=g)
+    exact = topk_search_reference(queries, keys, 10, metric="ip")[1].tolist()
+    path, budget = tmp_path / "m", Budget("4MB")
+    with AgentMemory(path, dim=16, index="HNSW4", budget=budget, ef_search=16) as memory:
+        memory.remember_many([str(i) for i in range(2000)], keys)
+        shallow = recall_at_10(memory, queries, exact)
+        memory.ef_search = 512
+        deep = recall_at_10(memory, queries, exact)
+        assert memory.ef_search == 512 and shallow < 0.8 and deep > 0.97  # faiss alone: .68, .99
+    with AgentMemory(path, budget=budget, readonly=True) as reader:  # the published index
+        assert reader.ef_search == 128 and shallow < recall_at_10(reader, queries, exact) < deep
+        reader.ef_search = 512
+        assert recall_at_10(reader, queries, exact) == deep
+    (path / INDEX).unlink()
+    with AgentMemory(path, budget=budget, ef_search=16) as memory:  # rebuilt on open
+        assert recall_at_10(memory, queries, exact) == shallow
+        memory.ef_search = 512
+        assert recall_at_10(memory, queries, exact) == deep
+
+
+def test_ivf_nprobe_is_each_openers_setting(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    keys, queries = torch.randn(400, DIM, generator=g), torch.randn(20, DIM, generator=g)
+    exact = topk_search_reference(queries, keys, 10, metric="ip")[1].tolist()
+    with AgentMemory(tmp_path / "m", dim=DIM, index="IVF16,Flat", budget="1MB",
+                     nprobe=1) as memory:
+        memory.remember_many([str(i) for i in range(400)], keys)
+        assert recall_at_10(memory, queries, exact) < 0.8
+        with AgentMemory(tmp_path / "m", budget="1MB", readonly=True, nprobe=99) as reader:
+            assert recall_at_10(reader, queries, exact) == 1.0  # every list: exhaustive
+        memory.nprobe = 16
+        assert recall_at_10(memory, queries, exact) == 1.0
+
+
+@pytest.mark.parametrize("name", ["ef_search", "nprobe"])
+def test_search_depths_must_be_positive_ints(tmp_path, name):
+    for bad in (0, -3, 2.5, True, "16", None):
+        with pytest.raises(ValueError, match=rf"{name}: expected an int >= 1, got {bad!r}"):
+            AgentMemory(tmp_path / "m", dim=DIM, budget="1MB", **{name: bad})
+    assert not (tmp_path / "m").exists()
+    with AgentMemory(tmp_path / "m", dim=DIM, budget="1MB", **{name: 5}) as memory:
+        with pytest.raises(ValueError, match=rf"{name}: expected an int >= 1, got 0"):
+            setattr(memory, name, 0)
+        assert getattr(memory, name) == 5
+
+
+META_KEYS = {"a": [0, 1, 2, 3], "b": ["x", "y", "z"], "c": [0.5, 1.5]}
+
+
+def random_meta(rng) -> dict:
+    return {key: rng.choice(values) for key, values in META_KEYS.items() if rng.random() < 0.8}
+
+
+def random_where(rng) -> dict:
+    where = {key: rng.choice([*values, 9]) for key, values in META_KEYS.items()
+             if rng.random() < 0.5}
+    if "a" in where and rng.random() < 0.3:  # 2.0 matches 2; "2" matches nothing
+        where["a"] = rng.choice([float(where["a"]), str(where["a"])])
+    return where
+
+
+def even_a(meta: dict) -> bool:
+    return meta.get("a", 1) % 2 == 0
+
+
+def admits(where, meta: dict) -> bool:
+    """The plain meaning of ``where``: a predicate, or equality on every key of a dict."""
+    return where(meta) if callable(where) else \
+        all(key in meta and meta[key] == value for key, value in where.items())
+
+
+@pytest.mark.parametrize(("index", "metric"), [("Flat", "ip"), ("HNSW8", "ip"),
+                                               ("IVF4,Flat", "l2")])
+def test_filtered_recall_is_brute_force_over_the_matching_records(tmp_path, index, metric):
+    rng, records = random.Random(index), {}
+    with AgentMemory(tmp_path / "m", dim=DIM, index=index, metric=metric,
+                     budget=33_000) as memory:
+        for start in range(0, 360, 60):  # ~320 fit: the oldest are evicted
+            metas = [random_meta(rng) for _ in range(60)]
+            vectors = [vec(i) for i in range(start, start + 60)]
+            ids = memory.remember_many([str(i) for i in range(start, start + 60)],
+                                       torch.stack(vectors), meta=metas)
+            records |= dict(zip(ids, zip(vectors, metas, strict=True), strict=True))
+        memory.forget(rng.sample(memory.ids(), 20))
+        memory.forget(lambda meta: meta.get("b") == "z" and meta.get("a") == 0)
+        assert 200 < len(memory) < 340 and memory.ids()[0] > 0
+        records = {i: records[i] for i in memory.ids()}
+        with AgentMemory(tmp_path / "m", budget="1MB", readonly=True) as reader:
+            for step in range(40):
+                where = even_a if step % 8 == 7 else {} if step == 0 else random_where(rng)
+                matching = sorted(i for i, (_, m) in records.items() if admits(where, m))
+                q, k = vec(10_000 + step), rng.choice([1, 5, 40, 400])
+                expected = ([], [])
+                if matching:
+                    scores, rows = topk_search_reference(
+                        q[None], torch.stack([records[i][0] for i in matching]),
+                        min(k, len(matching)), metric=metric)
+                    expected = ([matching[r] for r in rows[0].tolist()], scores[0].tolist())
+                for who in (memory, reader):
+                    hits = who.recall(q, k=k, where=where)
+                    assert [h.id for h in hits] == expected[0], (where, k)
+                    assert [h.score for h in hits] == pytest.approx(expected[1], abs=1e-4)
+                    assert all(h.meta == records[h.id][1] for h in hits)
+
+
+def meta_rows(path) -> list[tuple]:
+    with contextlib.closing(sqlite3.connect(Path(path) / "memory.sqlite")) as db:
+        return db.execute("SELECT id, key, value FROM meta_values ORDER BY id, key").fetchall()
+
+
+def test_a_folder_without_meta_values_is_scanned_then_indexed_by_its_writer(tmp_path):
+    with AgentMemory(tmp_path / "m", dim=DIM, budget="1MB") as memory:
+        fill(memory, 40)
+        memory.forget([3, 4])
+        expected = [h.id for h in memory.recall(vec(0), k=5, where={"topic": "t1"})]
+    assert meta_rows(tmp_path / "m") == sorted(
+        (i, key, value) for i in range(40) if i not in (3, 4)
+        for key, value in (("n", i), ("topic", f"t{i % 3}")))
+    with contextlib.closing(sqlite3.connect(tmp_path / "m" / "memory.sqlite")) as db:
+        for statement in ("DROP TRIGGER meta_remembered", "DROP TRIGGER meta_forgotten",
+                          "DROP TABLE meta_values"):  # the folder as older versions wrote it
+            db.execute(statement)
+        db.commit()
+    with AgentMemory(tmp_path / "m", budget="1MB", readonly=True) as reader:
+        assert [h.id for h in reader.recall(vec(0), k=5, where={"topic": "t1"})] == expected
+    with AgentMemory(tmp_path / "m", budget="1MB") as memory:
+        assert [h.id for h in memory.recall(vec(0), k=5, where={"topic": "t1"})] == expected
+        memory.forget([7])
+        fill(memory, 2, start=40)
+    assert meta_rows(tmp_path / "m") == sorted(
+        (i, key, value) for i in range(42) if i not in (3, 4, 7)
+        for key, value in (("n", i), ("topic", f"t{i % 3}")))
+
+
 # -- crashes and recovery -------------------------------------------------------------------------
 
 def _killed_at(path: str, point: str) -> None:
@@ -246,6 +391,30 @@ def test_writer_killed_mid_write(tmp_path, point, committed):
         assert json.loads((tmp_path / "m" / INDEX_INFO).read_text())["epoch"] == \
             db_epoch(tmp_path / "m")
         assert memory.remember("later", vec(7)) == 30 + committed
+
+
+def _recall_then_killed(path: str) -> None:
+    memory = AgentMemory(path, budget="1MB")
+    memory.recall(vec(3), k=2)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_writers_usage_update_survives_a_killed_process(tmp_path):
+    with AgentMemory(tmp_path / "m", dim=DIM, budget="1MB") as memory:
+        fill(memory, 10)
+        recalled = {h.id for h in memory.recall(vec(3), k=2)}
+        synchronous = memory._db.execute("PRAGMA synchronous").fetchone()[0]
+        memory.forget([9])
+        assert (synchronous, memory._db.execute("PRAGMA synchronous").fetchone()[0]) == (1, 2)
+    child = multiprocessing.get_context("fork").Process(target=_recall_then_killed,
+                                                        args=(str(tmp_path / "m"),))
+    child.start()
+    child.join(30)
+    assert child.exitcode == -signal.SIGKILL
+    with contextlib.closing(sqlite3.connect(tmp_path / "m" / "memory.sqlite")) as db:
+        clock = db.execute("SELECT value FROM settings WHERE key = 'clock'").fetchone()[0]
+        used = db.execute("SELECT id, uses, last_used FROM records WHERE uses > 0").fetchall()
+    assert clock == 12 and sorted(used) == [(i, 2, 12) for i in sorted(recalled)]
 
 
 @pytest.mark.parametrize("damage", ["missing", "garbage", "truncated", "stale"])

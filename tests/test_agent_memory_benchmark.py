@@ -11,7 +11,8 @@ from memkit.testing import load_script
 ROOT = Path(__file__).resolve().parents[1]
 bench = load_script(ROOT / "benchmarks" / "agent_memory.py", "agent_memory_benchmark")
 TINY = replace(bench.QUICK, sizes=(40, 120), queries=6, where_queries=3,
-               bursts=((1, 3), (5, 2), (20, 1)), grow_batch=25, minilm=False)
+               bursts=((1, 3), (5, 2), (20, 1)), grow_batch=25, minilm=False,
+               ef_searches=(1, 16))
 
 
 @pytest.fixture(scope="module")
@@ -44,17 +45,21 @@ def test_every_size_holds_its_records_and_charges_their_exact_bytes(result):
             assert all(s[f"open_{c}_s"] > 0 for c in ("reload", "deleted", "corrupt"))
 
 
-def test_latency_rows_cover_roles_and_filters_and_flat_is_exact(result):
+def test_latency_rows_cover_roles_filters_and_depths_and_flat_is_exact(result):
     for ix in result["indexes"]:
-        keys = sorted((r["n"], r["role"], str(r["filter"])) for r in ix["latency"])
-        assert keys == sorted((n, role, f) for n in TINY.sizes for role in ("writer", "reader")
-                              for f in ("None", "where"))
+        depths = TINY.ef_searches if ix["index"].startswith("HNSW") else (None,)
+        cases = [("None", ef) for ef in depths] + [("where", None)]
+        keys = sorted((r["n"], r["role"], str(r["filter"]), r["ef_search"] or 0)
+                      for r in ix["latency"])
+        assert keys == sorted((n, role, f, ef or 0) for n in TINY.sizes
+                              for role in ("writer", "reader") for f, ef in cases)
         for r in ix["latency"]:
             assert r["p95_ms"] >= r["p50_ms"] > 0 and r["bare_p95_ms"] >= r["bare_p50_ms"] > 0
             assert r["ratio_p50"] == pytest.approx(r["p50_ms"] / r["bare_p50_ms"])
             assert r["queries"] == (TINY.queries if r["filter"] is None else TINY.where_queries)
             if ix["index"] == "Flat" or r["filter"] == "where":  # exact searches
                 assert r["recall_at_10"] == 1.0
+            assert r["recall_at_10"] == r["bare_recall_at_10"]  # the same search, same depth
             assert 0.0 <= r["recall_at_10"] <= 1.0
 
 
@@ -77,9 +82,11 @@ def test_sizes_too_close_for_the_timed_writes_are_refused(tmp_path):
 
 def test_markdown_has_one_row_per_size_and_index(result):
     text = bench.markdown(result)
-    for index in TINY.indexes:
-        for n in TINY.sizes:
-            assert text.count(f"| {n:,} | {index} |") == 4  # latency, where, writes, open
+    for n in TINY.sizes:
+        assert text.count(f"| {n:,} | Flat |") == 4  # latency, where, writes, open
+        assert text.count(f"| {n:,} | HNSW32 |") == 3  # where, writes, open
+        for ef in TINY.ef_searches:
+            assert text.count(f"| {n:,} | HNSW32, ef {ef} |") == 1
     assert "MiniLM: not timed" in text
 
 
