@@ -8,7 +8,10 @@ Adaptation of Language Models with a Memory of Amortized Contexts", NeurIPS
 For each evaluation seed a ``memkit.data.knowledge`` stream of ``n_steps``
 steps is generated (evaluation seeds are below ``TRAIN_SEED_BASE``; the QA LM
 of ``benchmarks/train_qa_lm.py`` and the CMT/MAC modules are trained on seeds
-from it, so no person or fact is shared). After each step every agent of
+from it, so no person or fact is shared). The QA LM is trained in two stages:
+on the evidence document alone, then (warm-started) on the evidence among 0-2
+other documents, so that top-k retrieval has a reader that can pick the right
+one. After each step every agent of
 ``memkit.agents.qa`` answers all questions asked so far, each scored against
 the answer valid at its own time:
 
@@ -72,6 +75,8 @@ sys.path.insert(0, str(HERE))
 from train_qa_lm import STREAM, TRAIN_SEED_BASE, load_qa_lm, train_qa_lm  # noqa: E402
 
 AGENTS = ("closed_book", "online_finetune", "retrieve", "retrieve_1", "cmt", "mac", "oracle")
+TOP_K_SWEEP = (1, 3, 5, 10, None)
+"""After the last step, CMT's bank is also read with these k (None: the whole bank, unweighted)."""
 EARLY, LATE = 1, 4
 """Evidence inserted at steps 0..EARLY is "early"; at the last LATE steps up to now, "late"."""
 
@@ -87,18 +92,24 @@ class Setting:
     finetune_lr: float = 3e-4
     finetune_epochs: int = 1
     cmt_tokens: int = 4
+    cmt_layer: int = 0
     cmt_key_dim: int = 64
     cmt_prefix: int = 8
     cmt_bank: str = "256KB"
     cmt_train_seeds: int = 60
-    cmt_train_steps: int = 1500
+    cmt_train_steps: int = 3000
+    cmt_own_steps: int = 1000
     cmt_batch: int = 16
     cmt_lr: float = 1e-3
-    lm_dir: str = "runs/lm/qa"
+    lm_base: str = "runs/lm/qa"
+    lm_dir: str = "runs/lm/qa_context"
+    lm_context_minutes: float = 12.0
+    lm_max_others: int = 2
     cache_dir: str = "runs/knowledge_stream"
 
 
-QUICK = Setting(seeds=(0,), n_steps=5, cmt_train_steps=100, cmt_train_seeds=20,
+QUICK = Setting(seeds=(0,), n_steps=5, cmt_train_steps=100, cmt_own_steps=50,
+                cmt_train_seeds=20,
                 embedder="hashing")
 
 
@@ -159,7 +170,8 @@ def cmt_examples(tokenizer, s: Setting) -> list[tuple[torch.Tensor, ...]]:
 
 def make_cmt(model, tokenizer, s: Setting) -> CMT:
     return CMT(model, tokenizer, budget=Budget("64MB"), tokens=s.cmt_tokens,
-               key_dim=s.cmt_key_dim, prefix_tokens=s.cmt_prefix, bank_nbytes=s.cmt_bank)
+               key_dim=s.cmt_key_dim, prefix_tokens=s.cmt_prefix, bank_nbytes=s.cmt_bank,
+               layer=s.cmt_layer)
 
 
 def trained_cmt(kind: str, model, tokenizer, lm_info: dict, s: Setting) -> tuple[Path, dict]:
@@ -182,7 +194,7 @@ def trained_cmt(kind: str, model, tokenizer, lm_info: dict, s: Setting) -> tuple
     start = time.perf_counter()
     objectives, k = (("qa", "memory", "matching"), s.k) if kind == "cmt" else (("qa",), None)
     history = train_cmt(agent, examples, steps=s.cmt_train_steps, objectives=objectives, k=k,
-                        lr=s.cmt_lr, batch_size=s.cmt_batch)
+                        lr=s.cmt_lr, batch_size=s.cmt_batch, own_steps=s.cmt_own_steps)
     agent.save(path)
     info = {"settings": settings, "examples": len(examples),
             "minutes": (time.perf_counter() - start) / 60,
@@ -232,9 +244,16 @@ def run_seed(seed: int, model, tokenizer, s: Setting, cmt_files: Mapping[str, Pa
                              "bytes_per_doc": agent.nbytes / len(docs), "ms_per_query": ms})
             out[name] = rows
             print(f"seed {seed} {name:16s} final EM {rows[-1]['em']:.3f}", flush=True)
+        out["cmt_top_k"] = top_k_sweep(agents["cmt"].cmt, stream.questions_up_to(len(stream) - 1))
         for name in ("retrieve", "retrieve_1"):
             agents[name].memory.close()
     return out
+
+
+def top_k_sweep(cmt: CMT, questions: Sequence[Question]) -> dict[str, float]:
+    """EM of ``questions`` answered from CMT's bank as it is, with each k of TOP_K_SWEEP."""
+    return {str(k): qa_scores(CompressedMemory(cmt, k=k).answer(questions), questions)["em"]
+            for k in TOP_K_SWEEP if k is None or k <= len(cmt.bank)}
 
 
 # ----------------------------------------------------------------------------- summary
@@ -261,6 +280,8 @@ def summarise(runs: dict[int, dict]) -> dict:
                          "ms_per_query": _mean_sd([statistics.mean(r["ms_per_query"]
                                                                    for r in runs[seed][name])
                                                    for seed in seeds])}
+    summary["cmt_top_k"] = {k: _mean_sd([runs[seed]["cmt_top_k"].get(k) for seed in seeds])
+                            for k in runs[seeds[0]]["cmt_top_k"]}
     return summary
 
 
@@ -305,6 +326,10 @@ def markdown(summary: dict, check: dict, meta: dict) -> str:
               "|---|" + "---|" * s["n_steps"]]
     lines += [f"| {name} | " + " | ".join(f"{v:.2f}" for v in summary[name]["em_by_step"])
               + " |" for name in AGENTS]
+    lines += ["", "CMT's bank after the last step, read with other k (None: the whole bank, "
+              "unweighted), EM:", "", "| k | " + " | ".join(summary["cmt_top_k"]) + " |",
+              "|---|" + "---|" * len(summary["cmt_top_k"]),
+              "| EM | " + " | ".join(_fmt(v) for v in summary["cmt_top_k"].values()) + " |"]
     lines += ["", "Shape checks:", "", "```", json.dumps(check, indent=1), "```", "",
               f"QA LM: {meta['lm']}", f"CMT/MAC training: {meta['cmt_training']}",
               f"Embedder: {s['embedder']}; {meta['seconds']:.0f} s in all; one thread."]
@@ -351,7 +376,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     out = args.out or HERE / "results" / ("knowledge_stream_quick" if args.quick
                                           else "knowledge_stream")
     started = time.perf_counter()
-    train_qa_lm(s.lm_dir, threads=1, log=True)
+    train_qa_lm(s.lm_base, threads=1, log=True)
+    train_qa_lm(s.lm_dir, init=s.lm_base, max_others=s.lm_max_others, lr=1e-3,
+                minutes=s.lm_context_minutes, threads=1, log=True)
     model, tokenizer, lm_info = load_qa_lm(s.lm_dir)
     cmt_files, cmt_info = {}, {}
     for kind in ("cmt", "mac"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ from memkit.data.knowledge import (
     knowledge_stream,
     knowledge_tokenizer,
 )
+from memkit.qa_metrics import qa_scores
 from memkit.testing import load_script
 
 torch.set_num_threads(1)
@@ -136,6 +138,28 @@ def test_compressed_memory_answers_within_budget(model, tokenizer, stream, k):
     assert 0 < agent.nbytes <= cmt.bank.nbytes <= 4000
     assert budget.used <= budget.capacity
     assert len(agent.doc_index) == len(stream.documents_up_to(2))
+
+
+def test_top_k_sweep_reads_the_bank_it_is_given_with_each_k(bench, model, tokenizer, stream,
+                                                           monkeypatch):
+    cmt = CMT(model, tokenizer, budget=Budget("4MB"), tokens=2, key_dim=8, prefix_tokens=2)
+    CompressedMemory(cmt, k=1).observe(stream[0])
+    questions = stream.questions_up_to(0)
+    held, used = len(cmt.bank), []
+
+    class Recording(CompressedMemory):
+        def answer(self, questions):
+            assert self.cmt is cmt and len(cmt.bank) == held
+            used.append(self.k)
+            answers = super().answer(questions)
+            return {qid: "x" if self.k == 1 else a for qid, a in answers.items()}
+
+    monkeypatch.setattr(bench, "CompressedMemory", Recording)
+    swept = bench.top_k_sweep(cmt, [replace(q, answers=("x",)) for q in questions])
+    assert used == [k for k in bench.TOP_K_SWEEP if k is None or k <= held] and held < 10
+    assert list(swept) == [str(k) for k in used] and swept["1"] == 1.0
+    assert swept["None"] == qa_scores(CompressedMemory(cmt, k=None).answer(questions),
+                                      [replace(q, answers=("x",)) for q in questions])["em"]
 
 
 def test_clear_errors(model, tokenizer, tmp_path):
