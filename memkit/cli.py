@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from memkit import lm_cli
+from memkit import lm_cli, memory_cli
 from memkit.budget import format_size
 from memkit.config import ConfigError, build, load_config
 from memkit.io import load_tensors, read_manifest, write_text_atomic
@@ -91,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
     p.set_defaults(command=_bench)
     lm_cli.add_parser(sub)
+    memory_cli.add_parser(sub)
     return parser
 
 
