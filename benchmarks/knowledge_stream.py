@@ -89,8 +89,8 @@ class Setting:
     k: int = 3
     memory_budget: str = "1MB"
     embedder: str = "minilm"
-    finetune_lr: float = 3e-4
-    finetune_epochs: int = 1
+    finetune_lr: float = 1e-3
+    finetune_epochs: int = 3
     cmt_tokens: int = 4
     cmt_layer: int = 0
     cmt_key_dim: int = 64
