@@ -26,6 +26,7 @@ from memkit.agents.qa import (
     OnlineFinetune,
     OracleDocument,
     RetrieveDocuments,
+    answer_triples,
     greedy_answer,
     qa_prompt,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "RetrieveDocuments",
     "SideNetwork",
     "SiriusLearner",
+    "answer_triples",
     "build_datastore",
     "decoder_layers",
     "discounted_returns",

@@ -39,7 +39,7 @@ from torch import nn
 
 from memkit.agents.cmt import CMT
 from memkit.agents.memory_api import AgentMemory
-from memkit.data.knowledge import SEP, KnowledgeStep, Question
+from memkit.data.knowledge import SEP, KnowledgeStep, KnowledgeSteps, Question
 from memkit.seeding import derive_generator
 
 MAX_ANSWER_TOKENS = 4
@@ -50,6 +50,28 @@ def qa_prompt(question: str, documents: Sequence[str] = ()) -> str:
     """"<documents> [SEP] <question> [SEP]" (documents as given), or "<question> [SEP]"."""
     context = " ".join(documents)
     return f"{context} {SEP} {question} {SEP}" if context else f"{question} {SEP}"
+
+
+def answer_triples(steps: KnowledgeSteps, tokenizer) -> list[tuple[torch.Tensor, ...]]:
+    """(evidence document, "question [SEP]", "answer <eos>") token ids of every question.
+
+    What ``memkit.agents.cmt.train_cmt`` trains on: each question of ``steps`` with
+    the document that states its answer. The document and the prompt are encoded
+    as the agents encode them; the answer ends with the tokenizer's end-of-sequence
+    token and loses a beginning-of-sequence token the tokenizer may add.
+    """
+    if not isinstance(steps, KnowledgeSteps):
+        raise TypeError(f"answer_triples: expected KnowledgeSteps, got {type(steps).__name__}")
+    last = len(steps) - 1
+    texts = {d.doc_id: d.text for d in steps.documents_up_to(last)}
+    out = []
+    for q in steps.questions_up_to(last):
+        answer = tokenizer.encode(f"{q.answers[0]} {tokenizer.eos_token}")
+        if answer and answer[0] == tokenizer.bos_token_id:
+            answer = answer[1:]
+        out.append(tuple(torch.tensor(ids, dtype=torch.int64) for ids in (
+            tokenizer.encode(texts[q.doc_id]), tokenizer.encode(qa_prompt(q.text)), answer)))
+    return out
 
 
 @torch.no_grad()

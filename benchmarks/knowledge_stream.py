@@ -63,7 +63,7 @@ from memkit.agents.qa import (
     OnlineFinetune,
     OracleDocument,
     RetrieveDocuments,
-    qa_prompt,
+    answer_triples,
 )
 from memkit.budget import Budget
 from memkit.data.knowledge import Question, knowledge_stream
@@ -155,17 +155,10 @@ def step_scores(predictions: Mapping[str, str], questions: Sequence[Question], *
 # ----------------------------------------------------------------------------- CMT / MAC
 
 def cmt_examples(tokenizer, s: Setting) -> list[tuple[torch.Tensor, ...]]:
-    """(evidence "[BOS] text", "[BOS] question [SEP]", "answer [EOS]") ids of training seeds."""
-    out = []
-    for i in range(s.cmt_train_seeds):
-        stream = knowledge_stream(s.n_steps, seed=TRAIN_SEED_BASE + i,
-                                  questions_per_step=s.questions_per_step, **STREAM)
-        texts = {d.doc_id: d.text for d in stream.documents_up_to(len(stream) - 1)}
-        for q in stream.questions_up_to(len(stream) - 1):
-            out.append(tuple(torch.tensor(ids, dtype=torch.int64) for ids in (
-                tokenizer.encode(texts[q.doc_id]), tokenizer.encode(qa_prompt(q.text)),
-                tokenizer.encode(f"{q.answers[0]} [EOS]")[1:])))
-    return out
+    """``answer_triples`` of the ``cmt_train_seeds`` training streams."""
+    return [triple for i in range(s.cmt_train_seeds) for triple in answer_triples(
+        knowledge_stream(s.n_steps, seed=TRAIN_SEED_BASE + i,
+                         questions_per_step=s.questions_per_step, **STREAM), tokenizer)]
 
 
 def make_cmt(model, tokenizer, s: Setting) -> CMT:

@@ -19,6 +19,7 @@ from memkit.agents.qa import (
     OnlineFinetune,
     OracleDocument,
     RetrieveDocuments,
+    answer_triples,
     qa_prompt,
 )
 from memkit.budget import Budget
@@ -160,6 +161,31 @@ def test_top_k_sweep_reads_the_bank_it_is_given_with_each_k(bench, model, tokeni
     assert list(swept) == [str(k) for k in used] and swept["1"] == 1.0
     assert swept["None"] == qa_scores(CompressedMemory(cmt, k=None).answer(questions),
                                       [replace(q, answers=("x",)) for q in questions])["em"]
+
+
+def test_answer_triples_pair_each_question_with_its_evidence(tokenizer, stream):
+    triples = answer_triples(stream, tokenizer)
+    questions = stream.questions_up_to(len(stream) - 1)
+    texts = {d.doc_id: d.text for d in stream.documents_up_to(len(stream) - 1)}
+    assert len(triples) == len(questions)
+    for (document, prompt, answer), q in zip(triples, questions, strict=True):
+        assert document.tolist() == tokenizer.encode(texts[q.doc_id])
+        assert q.answers[0] in tokenizer.decode(document.tolist()).split()
+        assert prompt.tolist() == tokenizer.encode(qa_prompt(q.text))
+        assert answer[-1] == tokenizer.eos_token_id and tokenizer.bos_token_id not in answer
+        assert tokenizer.decode(answer[:-1].tolist()) == q.answers[0]
+
+    class NoBOS:  # a tokenizer that adds no beginning-of-sequence token keeps every answer token
+        bos_token_id, eos_token = None, tokenizer.eos_token
+
+        def encode(self, text):
+            return tokenizer.encode(text)[1:]
+
+    first = answer_triples(stream, NoBOS())[0]
+    assert first[2].tolist() == triples[0][2].tolist()
+    assert first[0].tolist() == triples[0][0].tolist()[1:]
+    with pytest.raises(TypeError, match="expected KnowledgeSteps, got list"):
+        answer_triples(list(stream), tokenizer)
 
 
 def test_clear_errors(model, tokenizer, tmp_path):
