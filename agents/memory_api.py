@@ -22,14 +22,29 @@ so it outlives the process that wrote it.
 - **The index** is a faiss index (``index`` is a faiss index string: ``"Flat"``
   is exact; ``"HNSW32"``, ``"IVF64,Flat"`` ... are approximate; an IVF index is
   exact Flat until it holds enough records to train) over the embeddings, keyed
-  by record id, in ``index.faiss`` beside ``index.json`` (its epoch, size and
-  sha256). Every write commits its SQLite transaction first, which advances the
-  ``epoch`` counter in the database, then replaces the index file (temporary
-  file + ``os.replace``) and then the JSON. On open, an index whose epoch, size
-  or checksum does not match the database is rebuilt from the stored
-  embeddings. How deep an approximate index searches is a setting of each
-  opened memory, passed with every search of whichever index it holds (built,
-  loaded or rebuilt) and never stored: ``ef_search`` (default 128), the
+  by record id. Every write is one SQLite transaction that also advances the
+  ``epoch`` counter in the database and, through triggers on ``records``, logs
+  each insert and delete (eviction and forget alike) as a row (epoch, id,
+  ``'add'`` or ``'remove'``) of the table ``changes``. The writer updates its
+  index in memory and publishes it, as ``index.faiss`` beside ``index.json``
+  (its epoch, size and sha256; each replaced atomically, the JSON last), only
+  when the changes logged since the last publish exceed ``publish_fraction``
+  of the records indexed (default 0.1; 0.01 for HNSW, whose readers catch up
+  by inserting into its graph, ~60 times the cost per vector of a publish in
+  ``benchmarks/agent_memory.py``), when it had to rebuild the index (HNSW
+  after any removal, IVF when it can first train), when it opens a folder whose
+  index it cannot catch up, and on ``close()``; a write otherwise costs its
+  records, not the index. After a publish the logged changes up to its epoch
+  are deleted and that epoch becomes ``log_floor``. An index of epoch ``e`` is
+  caught up to the database's epoch by replaying the changes after ``e``: the
+  net removals through ``remove_ids``, the net additions with their embeddings
+  read by id. A writer opening loads the published index and catches it up; if
+  the file is missing, torn, stale past ``log_floor`` or of the wrong size, it
+  rebuilds the index from the stored embeddings and publishes it. A folder
+  written before the change log existed gets it when a writer opens it. How
+  deep an approximate index searches is a setting of each opened memory,
+  passed with every search of whichever index it holds (built, loaded or
+  rebuilt) and never stored: ``ef_search`` (default 128), the
   candidates HNSW keeps while it walks its graph (faiss's efSearch, 16 unless
   set: in ``benchmarks/agent_memory.py`` HNSW32 over 100k records finds 0.74 of
   the true top 10 at 16, 0.91 at 64 and 0.96 at 128), and ``nprobe`` (default
@@ -58,14 +73,20 @@ so it outlives the process that wrote it.
   ``last_used``), ``"usage"`` the least recalled, ``"importance"`` the least
   important, the oldest first among equals (by ``created``, then id). An item
   larger than all the budget this memory could hold raises ``BudgetExceeded``.
-  The faiss index's own copy of the vectors and the ``meta_values`` rows are
-  not charged.
+  The faiss index's own copy of the vectors, the ``meta_values`` rows and the
+  change log (after each write, at most ``publish_fraction`` times the records
+  indexed in rows) are not charged.
 - **Concurrency**: one writer process at a time (``writer.lock``, an exclusive
   ``flock``), any number of readers (``readonly=True``). A reader recalls inside
   one SQLite read transaction (a consistent snapshot) with an index of that
-  snapshot's epoch: it reloads the published index when its own lags, and
-  builds one from the snapshot when none matches. Only the writer's recalls
-  update ``last_used`` and ``uses``.
+  snapshot's epoch: when its own lags, it loads the published index if that is
+  newer than its own and not newer than the snapshot, else keeps its own, and
+  catches it up through the changes the snapshot logs. When it cannot (the
+  changes it needs were deleted, the file is torn or missing, an HNSW index
+  would have to remove), it retries with a fresh snapshot for up to 0.1 s, then
+  builds an index from the snapshot. A writer killed between its commit and a
+  publish thus leaves a stale index that readers and the next writer catch up
+  from the log. Only the writer's recalls update ``last_used`` and ``uses``.
 """
 
 from __future__ import annotations
@@ -99,8 +120,10 @@ EVICTIONS = {"recency": "last_used, id", "usage": "uses, created, id",
 METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 DATABASE, INDEX, INDEX_INFO, LOCK = "memory.sqlite", "index.faiss", "index.json", "writer.lock"
 READ_RETRIES, RETRY_WAIT = 20, 0.005
-"""A reader waits up to this many times this many seconds for the writer to publish an index."""
+"""A reader retries up to this many times, this many seconds apart, for an index it can catch up."""
 SQL_CHUNK = 900
+PUBLISH_FRACTIONS = {"HNSW": 0.01}
+"""Default ``publish_fraction`` by index kind (0.1 for the others)."""
 SCHEMA = (
     "CREATE TABLE settings (key TEXT PRIMARY KEY, value)",
     "CREATE TABLE records (id INTEGER PRIMARY KEY, item TEXT NOT NULL, meta TEXT NOT NULL, "
@@ -120,6 +143,17 @@ META_SCHEMA = (
     "FROM records, json_each(records.meta) AS entry",
 )
 """The meta index of a ``where`` dict: created (and filled) by a writer that finds it missing."""
+CHANGE_SCHEMA = (
+    "CREATE TABLE changes (epoch INTEGER NOT NULL, id INTEGER NOT NULL, op TEXT NOT NULL)",
+    "CREATE INDEX changes_by_epoch ON changes (epoch)",
+    "CREATE TRIGGER change_remembered AFTER INSERT ON records BEGIN INSERT INTO changes "
+    "SELECT value + 1, NEW.id, 'add' FROM settings WHERE key = 'epoch'; END",
+    "CREATE TRIGGER change_forgotten AFTER DELETE ON records BEGIN INSERT INTO changes "
+    "SELECT value + 1, OLD.id, 'remove' FROM settings WHERE key = 'epoch'; END",
+    "INSERT OR REPLACE INTO settings SELECT 'log_floor', value FROM settings WHERE key = 'epoch'",
+)
+"""The change log: created by a writer that finds it missing, empty up to the epoch it starts at
+(``log_floor``: the changes of that epoch and earlier are gone)."""
 MATCH_INDEXED = "SELECT id FROM meta_values WHERE key = ? AND value = ?"
 MATCH_SCAN = ("SELECT id FROM records WHERE EXISTS (SELECT 1 FROM json_each(records.meta) "
               "WHERE key = ? AND value = ?)")
@@ -151,17 +185,20 @@ class AgentMemory:
                  dim: int | None = None, embed: Callable[[list[str]], torch.Tensor] | None = None,
                  eviction: str = "recency", index: str | None = None, metric: str | None = None,
                  readonly: bool = False, nprobe: int = 16, owner: str = "agent memory",
-                 ef_search: int = 128):
+                 ef_search: int = 128, publish_fraction: float | None = None):
         if eviction not in EVICTIONS:
             raise ValueError(f"eviction: expected one of {list(EVICTIONS)}, got {eviction!r}")
         if metric is not None and metric not in METRICS:
             raise ValueError(f"metric: expected one of {list(METRICS)}, got {metric!r}")
         self.nprobe, self.ef_search = nprobe, ef_search
+        self._publish_fraction = None if publish_fraction is None else \
+            _check_fraction(publish_fraction)
         self.path, self.embed, self.eviction, self.readonly = Path(path), embed, eviction, readonly
         self.budget = budget if isinstance(budget, Budget) else Budget(budget)
         self.owner = owner
         self._lock = self._db = self._index = None
         self._epoch, self._charged, self._synchronous = -1, 0, None
+        self._published, self._pending = -1, 0
         try:
             self._open(dim if dim is not None else getattr(embed, "dim", None), index, metric)
         except BaseException:
@@ -176,6 +213,12 @@ class AgentMemory:
     @nprobe.setter
     def nprobe(self, value: int) -> None:
         self._nprobe = _check_depth("nprobe", value)
+
+    @property
+    def publish_fraction(self) -> float:
+        """The writer publishes its index once the changes logged since its last publish
+        exceed this fraction of the records indexed (see the module docstring)."""
+        return self._publish_fraction
 
     @property
     def ef_search(self) -> int:
@@ -203,6 +246,8 @@ class AgentMemory:
         self.dim, self.index_string, self.metric = (int(settings["dim"]), settings["index"],
                                                     settings["metric"])
         self._spec = parse_index(self.index_string, self.dim)
+        if self._publish_fraction is None:
+            self._publish_fraction = PUBLISH_FRACTIONS.get(self._spec.kind, 0.1)
         if not self.readonly:
             self._open_writer()
 
@@ -238,21 +283,26 @@ class AgentMemory:
         return settings
 
     def _open_writer(self) -> None:
-        if not self._has_meta_values():  # a folder from before the table: index its meta now
-            with self._transaction():
-                for statement in META_SCHEMA:
-                    self._db.execute(statement)
+        for table, schema in (("meta_values", META_SCHEMA), ("changes", CHANGE_SCHEMA)):
+            if not self._has_table(table):  # a folder from before the table: add it now
+                with self._transaction():
+                    for statement in schema:
+                        self._db.execute(statement)
         used = self.nbytes
         if used > self.budget.free:  # reopened under a smaller budget: evict to fit
             with self._transaction():
                 _, used = self._evict_until(0, self.budget.free, used)
                 self._bump_epoch()
         self._charge(used)
-        self._epoch = self._setting("epoch")
-        self._index = self._published_index(self._epoch)
-        if self._index is None:
-            self._index = self._build_index()
+        epoch = self._setting("epoch")
+        found = self._caught_up(epoch)
+        if found is None:
+            self._index, self._epoch = self._build_index(), epoch
             self._publish_index()
+        else:
+            (self._index, self._published), self._epoch = found, epoch
+            self._pending = self._db.execute("SELECT COUNT(*) FROM changes WHERE epoch > ?",
+                                             (self._published,)).fetchone()[0]
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -293,7 +343,8 @@ class AgentMemory:
             ids, evicted, used = self._insert(rows, vectors, room)
             self._bump_epoch()
         added = [i for i in ids if i not in evicted]
-        self._apply(used, added, vectors[[i - ids[0] for i in added]], evicted)
+        self._apply(used, added, vectors[[i - ids[0] for i in added]], evicted,
+                    logged=len(ids) + len(evicted))
         return ids
 
     def recall(self, query: str | torch.Tensor | np.ndarray, k: int,
@@ -336,7 +387,7 @@ class AgentMemory:
             for part in _chunks(chosen):
                 self._db.execute(f"DELETE FROM records WHERE id IN ({_marks(part)})", part)
             self._bump_epoch()
-        self._apply(self.nbytes, [], None, set(chosen))
+        self._apply(self.nbytes, [], None, set(chosen), logged=len(chosen))
         return len(chosen)
 
     def ids(self) -> list[int]:
@@ -352,14 +403,20 @@ class AgentMemory:
         return self._db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM records").fetchone()[0]
 
     def close(self) -> None:
-        """Close the database, release the writer lock and the budget charge."""
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
-        self._charge(0)
+        """Publish the writer's index if changes are pending, close the database, release the
+        writer lock and the budget charge."""
+        try:
+            if self._lock is not None and self._index is not None \
+                    and self._epoch > self._published:
+                self._publish_index()
+        finally:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
+            self._charge(0)
 
     def __enter__(self) -> AgentMemory:
         return self
@@ -426,20 +483,24 @@ class AgentMemory:
         self._set(epoch=self._setting("epoch") + 1)
 
     def _apply(self, used: int, added: list[int], vectors: np.ndarray | None,
-               removed: set[int]) -> None:
-        """After a commit: charge ``used`` bytes, update the index in memory, publish it."""
+               removed: set[int], logged: int) -> None:
+        """After a commit that logged ``logged`` changes: charge ``used`` bytes, update the
+        index in memory; publish it if rebuilt or if the changes since the last publish
+        exceed ``publish_fraction`` of its size."""
         self._charge(used)
-        self._epoch = self._setting("epoch")
-        if removed and self._spec.kind == "HNSW":  # faiss's HNSW cannot remove vectors
+        self._epoch, self._pending = self._setting("epoch"), self._pending + logged
+        rebuilt = bool(removed) and self._spec.kind == "HNSW"  # faiss's HNSW cannot remove
+        if rebuilt:
             self._index = self._build_index()
         else:
             if removed:
                 self._index.remove_ids(np.fromiter(removed, dtype=np.int64))
             if added:
                 self._index.add_with_ids(vectors, np.asarray(added, dtype=np.int64))
-        if self._index.ntotal >= self._spec.min_train and not self._built_as_specified():
-            self._index = self._build_index()  # an IVF index can be trained now
-        self._publish_index()
+        if self._index.ntotal >= self._spec.min_train and not self._built_as_specified(self._index):
+            self._index, rebuilt = self._build_index(), True  # an IVF index can be trained now
+        if rebuilt or self._pending > self.publish_fraction * self._index.ntotal:
+            self._publish_index()
 
     def _charge(self, nbytes: int) -> None:
         """Set this memory's charge in the budget to ``nbytes``."""
@@ -471,23 +532,30 @@ class AgentMemory:
         index.add_with_ids(vectors, ids)
         return index
 
-    def _built_as_specified(self) -> bool:
-        return self._spec.kind != "IVF" or not isinstance(self._index, faiss.IndexIDMap2)
+    def _built_as_specified(self, index: faiss.Index) -> bool:
+        """False for the Flat index (in an id map) an IVF memory holds until it can train."""
+        return self._spec.kind != "IVF" or not isinstance(index, faiss.IndexIDMap2)
 
     def _publish_index(self) -> None:
-        """Replace ``index.faiss`` then ``index.json`` (epoch, size, sha256), each atomically."""
+        """Replace ``index.faiss`` then ``index.json`` (epoch, size, sha256), each atomically;
+        then drop the logged changes the published index holds."""
         data = faiss.serialize_index(self._index)
         with atomic_path(self.path / INDEX, ".faiss") as tmp:
             tmp.write_bytes(data.tobytes())
         info = {"epoch": self._epoch, "ntotal": self._index.ntotal,
                 "sha256": hashlib.sha256(data).hexdigest()}
         write_text_atomic(self.path / INDEX_INFO, json.dumps(info))
+        with self._transaction():
+            self._db.execute("DELETE FROM changes WHERE epoch <= ?", (self._epoch,))
+            self._set(log_floor=self._epoch)
+        self._published, self._pending = self._epoch, 0
 
-    def _published_index(self, epoch: int) -> faiss.Index | None:
-        """The published index if it is of ``epoch``, whole and as large as the database."""
+    def _published_index(self, newer_than: int, upto: int) -> tuple[faiss.Index, int] | None:
+        """The published index and its epoch if that is in (``newer_than``, ``upto``] and the
+        file is whole; None otherwise (missing, damaged, or of another epoch)."""
         try:
             info = json.loads((self.path / INDEX_INFO).read_text())
-            if info["epoch"] != epoch:
+            if not newer_than < info["epoch"] <= upto:
                 return None
             data = (self.path / INDEX).read_bytes()
             if hashlib.sha256(data).hexdigest() != info["sha256"]:
@@ -495,7 +563,48 @@ class AgentMemory:
             index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         except (OSError, ValueError, KeyError, TypeError, RuntimeError):
             return None  # missing or damaged: the caller rebuilds it from the database
-        return index if index.ntotal == len(self) else None
+        return index, info["epoch"]
+
+    def _caught_up(self, epoch: int) -> tuple[faiss.Index, int] | None:
+        """An index of ``epoch`` (the database's, as this connection sees it) and the epoch it
+        was caught up from: the published index if newer than this memory's own, else its own,
+        brought to ``epoch`` through the change log. None when neither can be."""
+        published = self._published_index(self._epoch, epoch)
+        if published is not None and self._replay(*published, epoch):
+            return published
+        if self._index is None:
+            return None
+        start = self._epoch
+        if not self._replay(self._index, start, epoch):
+            self._index, self._epoch = None, -1  # possibly changed in part: never reused
+            return None
+        return self._index, start
+
+    def _replay(self, index: faiss.Index, start: int, end: int) -> bool:
+        """Apply to ``index`` (of epoch ``start``) the logged changes up to epoch ``end``;
+        False, leaving it unchanged, when they are gone, would remove from an HNSW index, or
+        would grow an untrained IVF index past training size."""
+        if start > end or (start < end and not self._log_reaches(start)):
+            return False
+        changes = self._db.execute("SELECT id, op FROM changes WHERE epoch > ? AND epoch <= ?",
+                                   (start, end)).fetchall() if start < end else []
+        adds = {i for i, op in changes if op == "add"}
+        removes = {i for i, op in changes if op == "remove"}
+        gone, new = sorted(removes - adds), sorted(adds - removes)
+        size = index.ntotal - len(gone) + len(new)
+        if (gone and self._spec.kind == "HNSW") or size != len(self) or \
+                (size >= self._spec.min_train and not self._built_as_specified(index)):
+            return False
+        ids, vectors = self._embeddings_of(new)
+        if gone:
+            index.remove_ids(np.asarray(gone, dtype=np.int64))
+        if new:
+            index.add_with_ids(vectors, ids)
+        return index.ntotal == size
+
+    def _log_reaches(self, start: int) -> bool:
+        """Whether the change log still holds every change after epoch ``start``."""
+        return self._has_table("changes") and start >= self._setting("log_floor")
 
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[None]:
@@ -519,16 +628,16 @@ class AgentMemory:
             self._db.execute("COMMIT")
 
     def _catch_up(self, last: bool) -> bool:
-        """In a read transaction: hold an index of its epoch (the published one, or when
-        ``last``, one built from the snapshot); False while the writer has not published it."""
+        """In a read transaction: hold an index of its epoch (caught up through the change log,
+        or when ``last``, built from the snapshot); False while none can be caught up."""
         epoch = self._setting("epoch")
         if epoch == self._epoch:
             return True
-        index = self._build_index() if last else self._published_index(epoch)
-        if index is None:
+        found = self._caught_up(epoch)
+        if found is None and not last:
             return False
         self._charge(self.nbytes)
-        self._index, self._epoch = index, epoch
+        self._index, self._epoch = found[0] if found else self._build_index(), epoch
         return True
 
     # -- searching -----------------------------------------------------------------------------
@@ -545,7 +654,7 @@ class AgentMemory:
         """This memory's search depth for the index it holds (none for a Flat index)."""
         if self._spec.kind == "HNSW":
             return faiss.SearchParametersHNSW(efSearch=max(self.ef_search, k))
-        if self._spec.kind == "IVF" and self._built_as_specified():
+        if self._spec.kind == "IVF" and self._built_as_specified(self._index):
             return faiss.SearchParametersIVF(nprobe=min(self.nprobe, self._spec.nlist))
         return None
 
@@ -577,13 +686,13 @@ class AgentMemory:
             return [i for i, m in self._db.execute("SELECT id, meta FROM records")
                     if where(json.loads(m))]
         where = _check_meta(where)
-        match = MATCH_INDEXED if self._has_meta_values() else MATCH_SCAN
+        match = MATCH_INDEXED if self._has_table("meta_values") else MATCH_SCAN
         query = " INTERSECT ".join([match] * len(where)) or "SELECT id FROM records"
         return [r[0] for r in self._db.execute(query, [v for kv in where.items() for v in kv])]
 
-    def _has_meta_values(self) -> bool:
+    def _has_table(self, name: str) -> bool:
         return self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
-                                "name = 'meta_values'").fetchone() is not None
+                                "name = ?", (name,)).fetchone() is not None
 
     def _embeddings_of(self, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         rows = []
@@ -671,6 +780,13 @@ def _check_depth(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
     return value
+
+
+def _check_fraction(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not 0 <= value < math.inf:
+        raise ValueError(f"publish_fraction: expected a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 def _writer_lock(path: Path):

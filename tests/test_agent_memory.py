@@ -334,7 +334,8 @@ def meta_rows(path) -> list[tuple]:
         return db.execute("SELECT id, key, value FROM meta_values ORDER BY id, key").fetchall()
 
 
-def test_a_folder_without_meta_values_is_scanned_then_indexed_by_its_writer(tmp_path):
+def test_a_folder_without_meta_values_or_changes_is_scanned_then_indexed_by_its_writer(
+        tmp_path):
     with AgentMemory(tmp_path / "m", dim=DIM, budget="1MB") as memory:
         fill(memory, 40)
         memory.forget([3, 4])
@@ -344,38 +345,180 @@ def test_a_folder_without_meta_values_is_scanned_then_indexed_by_its_writer(tmp_
         for key, value in (("n", i), ("topic", f"t{i % 3}")))
     with contextlib.closing(sqlite3.connect(tmp_path / "m" / "memory.sqlite")) as db:
         for statement in ("DROP TRIGGER meta_remembered", "DROP TRIGGER meta_forgotten",
-                          "DROP TABLE meta_values"):  # the folder as older versions wrote it
+                          "DROP TABLE meta_values", "DROP TRIGGER change_remembered",
+                          "DROP TRIGGER change_forgotten", "DROP TABLE changes",
+                          "DELETE FROM settings WHERE key = 'log_floor'"):  # as older versions
             db.execute(statement)
         db.commit()
     with AgentMemory(tmp_path / "m", budget="1MB", readonly=True) as reader:
         assert [h.id for h in reader.recall(vec(0), k=5, where={"topic": "t1"})] == expected
-    with AgentMemory(tmp_path / "m", budget="1MB") as memory:
+    with AgentMemory(tmp_path / "m", budget="1MB", publish_fraction=1.0) as memory:
         assert [h.id for h in memory.recall(vec(0), k=5, where={"topic": "t1"})] == expected
+        epoch = db_epoch(tmp_path / "m")
         memory.forget([7])
         fill(memory, 2, start=40)
+        assert changes(tmp_path / "m") == [(epoch + 1, 7, "remove"), (epoch + 2, 40, "add"),
+                                           (epoch + 2, 41, "add")]
+        with AgentMemory(tmp_path / "m", budget="1MB", readonly=True) as reader:
+            assert reader.ids() == memory.ids()
+            assert [h.id for h in reader.recall(vec(41), k=3)] == \
+                [h.id for h in memory.recall(vec(41), k=3)]
     assert meta_rows(tmp_path / "m") == sorted(
         (i, key, value) for i in range(42) if i not in (3, 4, 7)
         for key, value in (("n", i), ("topic", f"t{i % 3}")))
 
 
+# -- the change log and when the index is published ---------------------------------------------
+
+def published_epoch(path) -> int:
+    return json.loads((Path(path) / INDEX_INFO).read_text())["epoch"]
+
+
+def changes(path) -> list[tuple]:
+    with contextlib.closing(sqlite3.connect(Path(path) / "memory.sqlite")) as db:
+        return db.execute("SELECT epoch, id, op FROM changes ORDER BY rowid").fetchall()
+
+
+def count_calls(monkeypatch, name: str) -> list:
+    """Record each call of ``AgentMemory.<name>`` (still made) in the list returned."""
+    calls, original = [], getattr(AgentMemory, name)
+    monkeypatch.setattr(AgentMemory, name,
+                        lambda self, *a: calls.append(a) or original(self, *a))
+    return calls
+
+
+def assert_brute_force(memory, held: list[int], metric: str = "ip") -> None:
+    """Every held record is recalled, in the order and with the scores of exact search."""
+    assert memory.ids() == held
+    keys = torch.stack([vec(i) for i in held])
+    for seed in (1000, 1001, 1002):
+        scores, rows = topk_search_reference(vec(seed)[None], keys, len(held), metric=metric)
+        hits = memory.recall(vec(seed), k=len(held) + 5)
+        assert [h.id for h in hits] == [held[r] for r in rows[0]]
+        assert [h.score for h in hits] == pytest.approx(scores[0].tolist(), abs=1e-4)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.5])
+def test_single_writes_publish_once_their_changes_exceed_the_fraction(tmp_path, monkeypatch,
+                                                                      fraction):
+    publishes = count_calls(monkeypatch, "_publish_index")
+    path = tmp_path / "m"
+    with AgentMemory(path, dim=DIM, budget="1MB", publish_fraction=fraction) as memory:
+        fill(memory, 100)  # 100 changes > fraction x 100: published (as on create)
+        expected, pending, published = 2, 0, db_epoch(path)
+        for i in range(100, 160):
+            memory.remember(f"note {i}", vec(i))
+            pending += 1
+            if pending > fraction * (i + 1):
+                expected, pending, published = expected + 1, 0, db_epoch(path)
+            assert len(publishes) == expected and published_epoch(path) == published
+            assert [c[0] for c in changes(path)] == list(range(published + 1, db_epoch(path) + 1))
+        assert published_epoch(path) < db_epoch(path) or fraction == 0
+    assert len(publishes) == expected + (pending > 0) and published_epoch(path) == db_epoch(path)
+    assert changes(path) == []  # the published index holds them all
+    assert {0.0: 60, 0.1: 4, 0.5: 0}[fraction] == expected - 2  # of 60 writes, by hand
+
+
+def test_a_reader_opened_between_publishes_sees_every_committed_record(tmp_path, monkeypatch):
+    path, budget = tmp_path / "m", Budget(60 * record_nbytes("note 000", {}, DIM))
+    builds = count_calls(monkeypatch, "_build_index")
+    with AgentMemory(path, dim=DIM, budget=budget, publish_fraction=5.0) as memory:
+        assert memory.remember_many([f"note {i:03}" for i in range(50)],
+                                    torch.stack([vec(i) for i in range(50)])) == list(range(50))
+        assert published_epoch(path) == 0 and len(builds) == 1  # the empty index, on create
+        memory.forget([3, 4])
+        for i in range(50, 55):
+            memory.remember(f"note {i:03}", vec(i))
+        with AgentMemory(path, budget=Budget("1MB"), readonly=True) as reader:
+            assert_brute_force(reader, [0, 1, 2, *range(5, 55)])
+            own = reader._index
+            for i in range(55, 65):  # 60 records fill the budget: the oldest are evicted
+                memory.remember(f"note {i:03}", vec(i))
+            memory.forget([20, 21])
+            assert memory.ids() == [*range(5, 20), *range(22, 65)]
+            assert_brute_force(reader, memory.ids())
+            assert reader._index is own  # caught up in place, from the change log
+            assert published_epoch(path) == 0 and len(builds) == 1
+            assert {op for _, _, op in changes(path)} == {"add", "remove"}
+
+
+def test_a_reader_whose_changes_were_dropped_loads_the_new_index_or_rebuilds(tmp_path,
+                                                                            monkeypatch):
+    path = tmp_path / "m"
+    monkeypatch.setattr("memkit.agents.memory_api.READ_RETRIES", 1)
+    with AgentMemory(path, dim=DIM, budget="1MB", publish_fraction=0.5) as memory:
+        fill(memory, 20)
+        with AgentMemory(path, budget="1MB", readonly=True) as reader:
+            assert_brute_force(reader, list(range(20)))
+            fill(memory, 30, start=20)  # published: the changes the reader needs are gone
+            memory.forget([0, 1])
+            assert published_epoch(path) == db_epoch(path) - 1 and len(changes(path)) == 2
+            assert_brute_force(reader, list(range(2, 50)))  # the new index, then the log
+            fill(memory, 60, start=50)  # published: the reader's changes are gone again
+            memory.remember("note 110", vec(110))
+            assert published_epoch(path) == db_epoch(path) - 1 and len(changes(path)) == 1
+            (path / INDEX).unlink()  # nothing to catch up from but the database
+            builds = count_calls(monkeypatch, "_build_index")
+            assert_brute_force(reader, list(range(2, 111)))
+            assert len(builds) == 1
+    assert published_epoch(path) == db_epoch(path)  # published again on close
+
+
+@pytest.mark.parametrize("index", ["HNSW8", "IVF4,Flat"])
+def test_rebuilt_indexes_are_published_and_readers_catch_up_with_them(tmp_path, monkeypatch,
+                                                                     index):
+    path = tmp_path / "m"
+    publishes = count_calls(monkeypatch, "_publish_index")
+    with AgentMemory(path, dim=DIM, index=index, budget="1MB", metric="l2",
+                     publish_fraction=10.0) as memory:  # published on create, then if rebuilt
+        fill(memory, 3)  # IVF4: Flat until 4 records, then trained (a rebuild: published)
+        reader = AgentMemory(path, budget="1MB", readonly=True)
+        assert [reader.recall(vec(i), k=1)[0].id for i in range(3)] == [0, 1, 2]
+        for i in range(3, 8):
+            memory.remember(f"note {i}", vec(i))
+        assert len(publishes) == (1 if index == "HNSW8" else 2)
+        memory.forget([2])  # HNSW cannot remove: rebuilt and published
+        assert len(publishes) == 2
+        held = [0, 1, *range(3, 8)]
+        assert [reader.recall(vec(i), k=1)[0].id for i in held] == held
+        assert reader._index.ntotal == len(held)
+        kind = faiss.IndexHNSWFlat if index == "HNSW8" else faiss.IndexIVFFlat
+        inner = reader._index.index if index == "HNSW8" else reader._index
+        assert isinstance(faiss.downcast_index(inner), kind)
+        reader.close()
+
+
+def test_publish_fraction_must_be_a_number_at_least_zero(tmp_path):
+    for bad in (-0.1, float("inf"), float("nan"), True, "0.1"):
+        with pytest.raises(ValueError, match=r"publish_fraction: expected a finite number >= 0"):
+            AgentMemory(tmp_path / "m", dim=DIM, budget="1MB", publish_fraction=bad)
+    assert not (tmp_path / "m").exists()
+    for index, default in (("Flat", 0.1), ("HNSW8", 0.01), ("IVF4,Flat", 0.1)):
+        with AgentMemory(tmp_path / index, dim=DIM, index=index, budget="1MB") as memory:
+            assert memory.publish_fraction == default
+
+
 # -- crashes and recovery -------------------------------------------------------------------------
 
-def _killed_at(path: str, point: str) -> None:
+def _killed_at(path: str, point: str, publish_fraction: float) -> None:
     """Open the memory, then remember with a SIGKILL waiting at ``point``."""
-    memory = AgentMemory(path, budget="1MB")
+    memory = AgentMemory(path, budget="1MB", publish_fraction=publish_fraction)
     setattr(AgentMemory, point, lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL))
     memory.remember("the new one", torch.ones(DIM), meta={"n": -1})
 
 
-@pytest.mark.parametrize(("point", "committed"), [("_publish_index", True),
-                                                  ("_bump_epoch", False)])
-def test_writer_killed_mid_write(tmp_path, point, committed):
+@pytest.mark.parametrize(("point", "publish_fraction", "committed"), [
+    ("_apply", 0.1, True),  # between the commit and anything else
+    ("_publish_index", 0.0, True),  # a writer that publishes every write, before it does
+    ("_bump_epoch", 0.1, False),  # before the commit
+])
+def test_writer_killed_mid_write(tmp_path, point, publish_fraction, committed):
     with AgentMemory(tmp_path / "m", dim=DIM, budget="1MB") as memory:
         fill(memory, 30)
         before = memory.ids()
     epoch = db_epoch(tmp_path / "m")
-    child = multiprocessing.get_context("fork").Process(target=_killed_at,
-                                                        args=(str(tmp_path / "m"), point))
+    child = multiprocessing.get_context("fork").Process(
+        target=_killed_at, args=(str(tmp_path / "m"), point, publish_fraction))
     child.start()
     child.join(30)
     assert child.exitcode == -signal.SIGKILL
@@ -383,14 +526,14 @@ def test_writer_killed_mid_write(tmp_path, point, committed):
     assert json.loads((tmp_path / "m" / INDEX_INFO).read_text())["epoch"] == epoch
     expected = [*before, 30] if committed else before
     with AgentMemory(tmp_path / "m", budget="1MB", readonly=True) as reader:
-        assert reader.ids() == expected  # a reader builds an index from its snapshot
+        assert reader.ids() == expected  # the published index, caught up from the change log
         assert (reader.recall(torch.ones(DIM), k=1)[0].item == "the new one") == committed
         assert {h.id for h in reader.recall(vec(0), k=40)} == set(expected)
-    with AgentMemory(tmp_path / "m", budget="1MB") as memory:  # the writer republishes
+    with AgentMemory(tmp_path / "m", budget="1MB") as memory:  # the writer catches up too
         assert memory.ids() == expected and memory._index.ntotal == len(expected)
-        assert json.loads((tmp_path / "m" / INDEX_INFO).read_text())["epoch"] == \
-            db_epoch(tmp_path / "m")
         assert memory.remember("later", vec(7)) == 30 + committed
+    assert json.loads((tmp_path / "m" / INDEX_INFO).read_text())["epoch"] == \
+        db_epoch(tmp_path / "m")  # published on close
 
 
 def _recall_then_killed(path: str) -> None:

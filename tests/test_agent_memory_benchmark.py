@@ -71,6 +71,9 @@ def test_writes_count_their_records_and_growth_fills_each_size(result):
                           for before, (b, c) in zip((0, 3, 13), TINY.bursts, strict=True)]
         for w in ix["writes"]:
             assert w["records_per_s"] == pytest.approx(w["records"] / w["seconds"])
+            assert 0 <= w["publishes"] <= w["calls"]
+        single = [w["publishes"] for w in ix["writes"] if w["batch"] == 1]  # 3 writes at 40, 120
+        assert single == ([0, 0] if ix["index"] == "Flat" else [3, 1])  # > 10% / 1% of n
 
 
 def test_sizes_too_close_for_the_timed_writes_are_refused(tmp_path):
