@@ -367,15 +367,16 @@ class AgentMemory:
             self._touch(ids)
         return [Recalled(i, *found[i], float(s)) for i, s in zip(ids, scores, strict=True)]
 
-    def forget(self, ids: Sequence[int] | Callable[[dict], bool]) -> int:
-        """Forget the records ``ids``, or those whose meta satisfies a predicate; return how many.
+    def forget(self, ids: Sequence[int] | Where) -> int:
+        """Forget the records ``ids``, or those a ``where`` admits; return how many.
 
-        Unknown ids raise ``KeyError`` naming them, before anything is forgotten.
+        ``where`` is, as in ``recall``, a dict (meta equality on every key; ``{}``
+        admits every record) or a predicate on a record's meta. Unknown ids raise
+        ``KeyError`` naming them, before anything is forgotten.
         """
         self._check_writer("forget")
-        if callable(ids):
-            chosen = [i for i, m in self._db.execute("SELECT id, meta FROM records")
-                      if ids(json.loads(m))]
+        if isinstance(ids, Mapping) or callable(ids):
+            chosen = self._matching(ids)
         else:
             chosen = sorted({_check_id(i) for i in ids})
             missing = sorted(set(chosen) - set(self._existing(chosen)))

@@ -33,7 +33,6 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from memkit.agents.embedders import HashingEmbedder, MiniLM
@@ -146,7 +145,7 @@ def _forget(args) -> int:
     _check_exists(args.path)
     with _open(args.path, budget=Budget(UNBOUNDED)) as memory:
         try:
-            count = memory.forget(args.ids or meta_matches(where))
+            count = memory.forget(args.ids or where)
         except KeyError as exc:
             raise ValueError(f"{args.path}: {exc.args[0]}; nothing was forgotten") from None
     print(f"forgot {count} record{'s' * (count != 1)}")
@@ -259,11 +258,6 @@ def parse_value(text: str) -> int | float | str:
         if math.isfinite(value):
             return value
     return text
-
-
-def meta_matches(where: dict) -> Callable[[dict], bool]:
-    """A predicate: does a record's meta hold every key of ``where`` with its value?"""
-    return lambda meta: all(key in meta and meta[key] == value for key, value in where.items())
 
 
 def _table(hits: list[Recalled]) -> str:

@@ -165,6 +165,18 @@ def test_forget_by_ids_and_predicate(tmp_path):
         assert memory.remember("again", vec(0)) == 20  # ids are never reused
 
 
+def test_forget_by_a_where_dict_matches_every_key_like_recall(tmp_path):
+    with AgentMemory(tmp_path / "m", dim=DIM, budget="1MB") as memory:
+        fill(memory, 20)
+        assert memory.forget({"topic": "t1", "n": 7}) == 1
+        assert memory.forget({"topic": "t1", "n": 7}) == 0
+        assert memory.forget({"topic": "t1", "n": 8}) == 0  # 8 is in t2
+        assert memory.forget({"topic": "t1"}) == 6
+        assert memory.ids() == [i for i in range(20) if i % 3 != 1]
+        assert memory.recall(vec(1), k=5, where={"topic": "t1"}) == []
+        assert memory.forget({}) == 13 and len(memory) == 0
+
+
 def test_clear_errors(tmp_path):
     with AgentMemory(tmp_path / "m", dim=DIM, budget=2000) as memory:
         fill(memory, 2)
