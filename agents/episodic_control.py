@@ -24,10 +24,10 @@ its item the empty string. The projection and the agent's shape live in
 a new process that opens the same root continues from it (the projection is read
 back; ``seed`` then only seeds the agent's choices). An action whose table is
 empty has Q = +inf (``OPTIMISTIC``), so every action is tried. A distance of at
-most ``EXACT`` counts as an exact match. Bytes: the projection (float32) is
-charged to ``budget`` under ``"{owner}: projection"``; each action's table may
-then hold up to an even share of the bytes the budget had free when the agent
-opened (less if other owners take them later), charged under
+most ``EXACT`` counts as an exact match. Bytes: the projection (float32) is charged
+to ``budget`` under ``"{owner}: projection"``; each action's table may then hold up
+to an even share (AgentMemory's ``capacity``) of the bytes the budget had free when
+the agent opened (less if other owners take them later), charged under
 ``"{owner}: action {a}"``.
 """
 
@@ -64,27 +64,6 @@ def discounted_returns(rewards: Sequence[float], gamma: float) -> np.ndarray:
     return returns
 
 
-class _Share(Budget):
-    """A slice of ``parent`` of ``capacity`` bytes; each charge is also made to the parent."""
-
-    def __init__(self, parent: Budget, capacity: int, owner: str):
-        super().__init__(capacity)
-        self.parent, self.owner = parent, owner
-
-    @property
-    def free(self) -> int:
-        return min(super().free, self.parent.free)
-
-    def charge(self, owner: str, nbytes: int) -> None:
-        super().charge(owner, nbytes)
-        self.parent.charge(self.owner, nbytes)
-
-    def release(self, owner: str, nbytes: int | None = None) -> None:
-        held = self.charged(owner)
-        super().release(owner, nbytes)
-        self.parent.release(self.owner, held - self.charged(owner))
-
-
 class EpisodicControl:
     """An MFEC agent: ``act(obs)``, ``q_values(obs)``, ``end_episode(obs, actions, rewards)``."""
 
@@ -113,8 +92,8 @@ class EpisodicControl:
             for a in range(n_actions):
                 self.memories.append(AgentMemory(
                     self.root / f"action_{a}", dim=self.dim, metric="l2", eviction=eviction,
-                    readonly=readonly, owner=f"{owner}: action {a}",
-                    budget=_Share(self.budget, share, f"{owner}: action {a}")))
+                    readonly=readonly, owner=f"{owner}: action {a}", budget=self.budget,
+                    capacity=share))
         except BaseException:
             self.close()
             raise

@@ -68,8 +68,10 @@ so it outlives the process that wrote it.
 - **Bytes** of a record: its embedding (dim x 4), the UTF-8 JSON of its item
   and of its meta, and ``RECORD_OVERHEAD`` = 48 bytes (id, importance, created,
   last_used and uses as 8-byte numbers, and the index's 8-byte id). The sum is
-  charged to a ``memkit.Budget`` under ``owner``. A remember that does not fit
-  evicts by ``eviction``: ``"recency"`` the least recently used (oldest
+  charged to a ``memkit.Budget`` under ``owner``; ``capacity`` (optional) caps
+  what this memory may hold below what the budget has free (so several memories
+  can share one budget in fixed parts). A remember that does not fit evicts by
+  ``eviction``: ``"recency"`` the least recently used (oldest
   ``last_used``), ``"usage"`` the least recalled, ``"importance"`` the least
   important, the oldest first among equals (by ``created``, then id). An item
   larger than all the budget this memory could hold raises ``BudgetExceeded``.
@@ -107,7 +109,7 @@ import faiss
 import numpy as np
 import torch
 
-from memkit.budget import Budget, BudgetExceeded
+from memkit.budget import Budget, BudgetExceeded, parse_size
 from memkit.buffers.datastore import parse_index
 from memkit.io import atomic_path, write_text_atomic
 from memkit.kernels.topk import topk_search
@@ -185,7 +187,8 @@ class AgentMemory:
                  dim: int | None = None, embed: Callable[[list[str]], torch.Tensor] | None = None,
                  eviction: str = "recency", index: str | None = None, metric: str | None = None,
                  readonly: bool = False, nprobe: int = 16, owner: str = "agent memory",
-                 ef_search: int = 128, publish_fraction: float | None = None):
+                 ef_search: int = 128, publish_fraction: float | None = None,
+                 capacity: int | str | None = None):
         if eviction not in EVICTIONS:
             raise ValueError(f"eviction: expected one of {list(EVICTIONS)}, got {eviction!r}")
         if metric is not None and metric not in METRICS:
@@ -195,6 +198,7 @@ class AgentMemory:
             _check_fraction(publish_fraction)
         self.path, self.embed, self.eviction, self.readonly = Path(path), embed, eviction, readonly
         self.budget = budget if isinstance(budget, Budget) else Budget(budget)
+        self.capacity = None if capacity is None else parse_size(capacity)
         self.owner = owner
         self._lock = self._db = self._index = None
         self._epoch, self._charged, self._synchronous = -1, 0, None
@@ -289,9 +293,9 @@ class AgentMemory:
                     for statement in schema:
                         self._db.execute(statement)
         used = self.nbytes
-        if used > self.budget.free:  # reopened under a smaller budget: evict to fit
+        if used > self._room():  # reopened under a smaller budget: evict to fit
             with self._transaction():
-                _, used = self._evict_until(0, self.budget.free, used)
+                _, used = self._evict_until(0, self._room(), used)
                 self._bump_epoch()
         self._charge(used)
         epoch = self._setting("epoch")
@@ -335,7 +339,7 @@ class AgentMemory:
             return []
         vectors = self._embeddings(items, embeddings)
         rows = [self._row(i, m, w) for i, m, w in zip(items, metas, weights, strict=True)]
-        room = self.budget.free + self._charged
+        room = self._room()
         for row in rows:
             if row[-1] > room:
                 raise BudgetExceeded(self.owner, row[-1], room, self.budget.capacity)
@@ -502,6 +506,11 @@ class AgentMemory:
             self._index, rebuilt = self._build_index(), True  # an IVF index can be trained now
         if rebuilt or self._pending > self.publish_fraction * self._index.ntotal:
             self._publish_index()
+
+    def _room(self) -> int:
+        """The most this memory may hold: what the budget leaves it, at most ``capacity``."""
+        room = self.budget.free + self._charged
+        return room if self.capacity is None else min(room, self.capacity)
 
     def _charge(self, nbytes: int) -> None:
         """Set this memory's charge in the budget to ``nbytes``."""

@@ -177,6 +177,19 @@ def test_forget_by_a_where_dict_matches_every_key_like_recall(tmp_path):
         assert memory.forget({}) == 13 and len(memory) == 0
 
 
+def test_capacity_caps_one_memory_below_its_budget(tmp_path):
+    budget = Budget("1MB")
+    each = record_nbytes("note 0", {"n": 0, "topic": "t0"}, DIM)
+    with AgentMemory(tmp_path / "m", dim=DIM, budget=budget, capacity=3 * each) as memory:
+        fill(memory, 8)
+        assert memory.ids() == [5, 6, 7]  # recency: the oldest left first
+        assert budget.used == memory.nbytes == 3 * each
+        with pytest.raises(BudgetExceeded):
+            memory.remember("x" * (3 * each), vec(9))
+    with AgentMemory(tmp_path / "m", dim=DIM, budget=budget, capacity=2 * each) as memory:
+        assert memory.ids() == [6, 7]  # reopened under a smaller capacity: evicted to fit
+
+
 def test_clear_errors(tmp_path):
     with AgentMemory(tmp_path / "m", dim=DIM, budget=2000) as memory:
         fill(memory, 2)
