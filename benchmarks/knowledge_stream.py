@@ -105,6 +105,7 @@ class Setting:
     lm_dir: str = "runs/lm/qa_context"
     lm_context_minutes: float = 12.0
     lm_max_others: int = 2
+    lm_context_lr: float = 1e-3
     cache_dir: str = "runs/knowledge_stream"
 
 
@@ -370,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                           else "knowledge_stream")
     started = time.perf_counter()
     train_qa_lm(s.lm_base, threads=1, log=True)
-    train_qa_lm(s.lm_dir, init=s.lm_base, max_others=s.lm_max_others, lr=1e-3,
+    train_qa_lm(s.lm_dir, init=s.lm_base, max_others=s.lm_max_others, lr=s.lm_context_lr,
                 minutes=s.lm_context_minutes, threads=1, log=True)
     model, tokenizer, lm_info = load_qa_lm(s.lm_dir)
     cmt_files, cmt_info = {}, {}
